@@ -1,0 +1,33 @@
+// Helpers every glmvoice element uses at the lib boundary.
+#pragma once
+
+#include <gst/gst.h>
+
+#include <exception>
+#include <string>
+
+#include "runtime/options.h"
+
+namespace glmvoice::gst {
+
+// Posts GST_ELEMENT_ERROR for an exception from lib: glmvoice::Error kNotFound ->
+// RESOURCE/NOT_FOUND; kBadFile/kMismatch/kBadConfig/kUnsupported -> RESOURCE/SETTINGS;
+// kBadInput -> STREAM/DECODE; kDevice and c10::Error -> RESOURCE/FAILED. `what` is a short
+// user text ("Could not load the speech tokenizer"); the exception message (file, key,
+// reason) becomes part of the message so it reaches the user too.
+void post_error(GstElement* element, const char* what, const std::exception& error);
+void post_error(GstElement* element, const char* what, std::exception_ptr error);
+
+// Builds ModelOptions from the element properties: empty path -> $GLMVOICE_MODEL_DIR
+// joined with `subdir` (e.g. "glm-4-voice-tokenizer"), device "" -> auto, dtype string.
+// Throws glmvoice::Error (kBadConfig / kNotFound) on bad values.
+ModelOptions make_model_options(const std::string& path, const std::string& subdir,
+                                const std::string& device, const std::string& dtype);
+
+// Routes lib's runtime::log hook to the `glmvoicelib` GST_DEBUG category (idempotent).
+void install_log_bridge();
+
+// Posts GST_MESSAGE_PROGRESS (START / COMPLETE / ERROR) for a model load, code "load-model".
+void post_load_progress(GstElement* element, GstProgressType type, const std::string& text);
+
+}  // namespace glmvoice::gst

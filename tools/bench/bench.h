@@ -1,0 +1,10 @@
+// glmvoice-bench stages; each room implements its own in bench_<room>.cpp.
+#pragma once
+
+namespace glmvoice::tools {
+
+int bench_tokenizer(int argc, char** argv);  // bench_speech.cpp
+int bench_llm(int argc, char** argv);        // bench_llm.cpp
+int bench_decoder(int argc, char** argv);    // bench_voice.cpp
+
+}  // namespace glmvoice::tools
