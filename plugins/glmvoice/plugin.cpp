@@ -1,0 +1,26 @@
+/* glmvoice GStreamer plugin: GLM-4-Voice speech tokenizer, LLM and speech decoder.
+ * This file only registers the elements; each element lives in its own file pair. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <gst/gst.h>
+
+#include "glmvoice_element_util.h"
+
+// Element registrations (one line per element; each file has GST_ELEMENT_REGISTER_DEFINE).
+// ELEMENT-DECLARATIONS (keep this marker)
+
+static gboolean plugin_init(GstPlugin* plugin) {
+  glmvoice::gst::install_log_bridge();
+  gboolean ok = TRUE;
+  // ELEMENT-REGISTRATIONS (keep this marker)
+  (void)plugin;
+  return ok;
+}
+
+#define PACKAGE "glmvoice"
+GST_PLUGIN_DEFINE(GST_VERSION_MAJOR, GST_VERSION_MINOR, glmvoice,
+                  "GLM-4-Voice spoken dialogue: speech tokenizer, LLM and speech decoder",
+                  plugin_init, GLMVOICE_VERSION, "Apache-2.0", "glmvoice",
+                  "https://github.com/THUDM/GLM-4-Voice")
