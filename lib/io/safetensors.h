@@ -78,6 +78,14 @@ void write_sharded_safetensors(const std::string& dir,
                                const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                int num_shards);
 
-std::string format_shape(at::IntArrayRef shape);
+std::string format_shape(at::IntArrayRef shape);  // "[3, 4]"
+
+// Parses and validates one safetensors file held in memory (`size` bytes: header length,
+// JSON header, data block): every check SafeTensors::open() makes. Returns the tensors in
+// name order (shard = 0); `data_start` receives the byte offset of the data block.
+// Throws glmvoice::Error naming `file`. Used by open() and the fuzz target.
+std::vector<TensorInfo> parse_safetensors_header(const uint8_t* bytes, size_t size,
+                                                 const std::string& file,
+                                                 uint64_t* data_start = nullptr);
 
 }  // namespace glmvoice::io
