@@ -6,6 +6,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +30,17 @@ struct StateDict {
 
 // Reads a torch.save zip. Any top-level folder name; legacy (non-zip) files are refused.
 StateDict load_torch_state_dict(const std::string& path);
+
+// As load_torch_state_dict, on a whole file held in memory (`path` names it in errors).
+StateDict parse_torch_state_dict(const uint8_t* data, size_t size, const std::string& path);
+
+// Returns storage `key` ("0", "1", ...) as a 1-D CPU tensor of `numel` elements of `dtype`.
+using StorageLoader =
+    std::function<at::Tensor(const std::string& key, at::ScalarType dtype, int64_t numel)>;
+// Runs the restricted pickle VM on a data.pkl body (`record` names it in errors); storages
+// come from `loader`. Used by the readers above and by the fuzz target.
+StateDict parse_state_dict_pickle(const uint8_t* pkl, size_t size, const std::string& path,
+                                  const std::string& record, const StorageLoader& loader);
 
 // Writes a torch.save-compatible zip (protocol 2 pickle, stored entries, 64-byte aligned
 // data records, folder = `archive_name`). Loadable by torch.load.
