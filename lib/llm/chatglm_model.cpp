@@ -1,0 +1,338 @@
+// Reference: THUDM/glm-4-voice-9b modeling_chatglm.py (RMSNorm, RotaryEmbedding,
+// apply_rotary_pos_emb, SelfAttention, MLP, GLMBlock), configuration_chatglm.py;
+// vllm-project/vllm vllm/model_executor/models/chatglm.py (independent check of the
+// rotary layout). Spec: ../shared/spec/llm.md §1–§3.
+#include "llm/chatglm_model.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "io/error.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
+
+namespace glmvoice::llm {
+
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------- config (§1.2, §1.3)
+
+ChatGlmConfig ChatGlmConfig::load(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  const auto j = io::JsonConfig::load(path);
+  ChatGlmConfig c;
+  const std::string model_type = j.get_string("model_type", "chatglm");
+  if (model_type != "chatglm") {
+    throw Error(ErrorCode::kBadConfig, path, "model_type", "'" + model_type + "' is not chatglm");
+  }
+  c.num_layers = j.get_int("num_layers", c.num_layers);
+  if (j.has("num_hidden_layers") && !j.json().at("num_hidden_layers").is_null() &&
+      j.get_int("num_hidden_layers") != c.num_layers) {
+    throw Error(ErrorCode::kBadConfig, path, "num_hidden_layers", "differs from num_layers");
+  }
+  c.hidden_size = j.get_int("hidden_size", c.hidden_size);
+  c.ffn_hidden_size = j.get_int("ffn_hidden_size", c.ffn_hidden_size);
+  c.num_attention_heads = j.get_int("num_attention_heads", c.num_attention_heads);
+  if (j.has("kv_channels") && !j.json().at("kv_channels").is_null()) {
+    c.kv_channels = j.get_int("kv_channels");
+  } else {
+    c.kv_channels = c.hidden_size / c.num_attention_heads;
+  }
+  c.multi_query_group_num = j.get_int("multi_query_group_num", c.multi_query_group_num);
+  c.padded_vocab_size = j.get_int("padded_vocab_size", c.padded_vocab_size);
+  c.seq_length = j.get_int("seq_length", c.seq_length);
+  c.layernorm_epsilon = j.get_double("layernorm_epsilon", c.layernorm_epsilon);
+  c.add_qkv_bias = j.get_bool("add_qkv_bias", c.add_qkv_bias);
+  c.add_bias_linear = j.get_bool("add_bias_linear", c.add_bias_linear);
+  c.post_layer_norm = j.get_bool("post_layer_norm", c.post_layer_norm);
+  c.apply_residual_connection_post_layernorm =
+      j.get_bool("apply_residual_connection_post_layernorm", c.apply_residual_connection_post_layernorm);
+  c.rope_ratio = j.get_double("rope_ratio", c.rope_ratio);
+  if (!j.get_bool("rmsnorm", true)) {
+    throw Error(ErrorCode::kUnsupported, path, "rmsnorm", "LayerNorm variant is not supported");
+  }
+  if (!j.get_bool("multi_query_attention", false)) {
+    throw Error(ErrorCode::kUnsupported, path, "multi_query_attention",
+                "only the grouped-query layout [Q|K|V] is supported");
+  }
+  if (!j.get_bool("original_rope", true)) {
+    throw Error(ErrorCode::kUnsupported, path, "original_rope", "false (non-interleaved rotary) is not supported");
+  }
+  if (c.apply_residual_connection_post_layernorm) {
+    throw Error(ErrorCode::kUnsupported, path, "apply_residual_connection_post_layernorm", "true is not supported");
+  }
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.multi_query_group_num <= 0 ||
+      c.padded_vocab_size <= 0 || c.seq_length <= 0 || c.ffn_hidden_size <= 0) {
+    throw Error(ErrorCode::kBadConfig, path, "sizes", "non-positive size");
+  }
+  if (c.num_attention_heads % c.multi_query_group_num != 0) {
+    throw Error(ErrorCode::kBadConfig, path, "multi_query_group_num", "does not divide num_attention_heads");
+  }
+  if (c.kv_channels <= 0 || c.kv_channels % 4 != 0) {
+    throw Error(ErrorCode::kBadConfig, path, "kv_channels", "must be a positive multiple of 4");
+  }
+  if (j.has("eos_token_id")) {
+    if (j.json().at("eos_token_id").is_array()) {
+      c.eos_token_id = j.get_int_list("eos_token_id");
+    } else {
+      c.eos_token_id = {j.get_int("eos_token_id")};
+    }
+  }
+  c.pad_token_id = j.has("pad_token_id") && !j.json().at("pad_token_id").is_null() ? j.get_int("pad_token_id") : -1;
+
+  const std::string gen_path = (fs::path(dir) / "generation_config.json").string();
+  if (fs::exists(gen_path)) {
+    const auto g = io::JsonConfig::load(gen_path);
+    if (g.has("eos_token_id")) {
+      c.eos_token_id = g.json().at("eos_token_id").is_array() ? g.get_int_list("eos_token_id")
+                                                               : std::vector<int64_t>{g.get_int("eos_token_id")};
+    }
+    c.gen_temperature = g.get_double("temperature", c.gen_temperature);
+    c.gen_top_p = g.get_double("top_p", c.gen_top_p);
+    c.gen_do_sample = g.get_bool("do_sample", c.gen_do_sample);
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- KV cache (§4.1)
+
+void KvCache::truncate(int64_t n) {
+  if (n < 0 || n > length) {
+    throw Error(ErrorCode::kBadInput, "", "kv cache", "truncate(" + std::to_string(n) + ") beyond length");
+  }
+  length = n;
+}
+
+// ---------------------------------------------------------------- load (§1.4, §2)
+
+std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) {
+  c10::InferenceMode guard;
+  const std::string& dir = options.path;
+  if (!fs::is_directory(dir)) throw Error(ErrorCode::kNotFound, dir, "", "model directory does not exist");
+  std::shared_ptr<LlmModel> m(new LlmModel());
+  m->options_ = options;
+  m->config_ = ChatGlmConfig::load(dir);
+  m->tokenizer_ = text::Tokenizer::load(dir);
+  const ChatGlmConfig& c = m->config_;
+  const auto& tok = m->tokenizer_;
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+
+  // §7.3 consistency between tokenizer and model.
+  if (tok.max_id() >= c.padded_vocab_size) {
+    throw Error(ErrorCode::kMismatch, cfg_path, "padded_vocab_size",
+                std::to_string(c.padded_vocab_size) + " <= largest token id " + std::to_string(tok.max_id()));
+  }
+  if (c.eos_token_id.empty()) {
+    throw Error(ErrorCode::kBadConfig, cfg_path, "eos_token_id", "no stop ids in generation_config.json or config.json");
+  }
+  for (int64_t id : c.eos_token_id) {
+    if (!tok.is_defined(id)) {
+      throw Error(ErrorCode::kMismatch, cfg_path, "eos_token_id", "id " + std::to_string(id) + " is not a token");
+    }
+  }
+  {
+    const auto& sp = tok.specials();
+    std::set<int64_t> expected = {sp.endoftext, sp.user, sp.observation};
+    std::set<int64_t> got(c.eos_token_id.begin(), c.eos_token_id.end());
+    if (expected != got) {
+      runtime::log(runtime::LogLevel::kWarning,
+                   cfg_path + ": eos_token_id differs from {<|endoftext|>, <|user|>, <|observation|>}");
+    }
+  }
+
+  const auto dtype = options.dtype;
+  const auto device = options.device;
+  const auto st = io::SafeTensors::open(dir);
+  std::set<std::string> used;
+  auto get = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dt) {
+    used.insert(name);
+    if (!st.has(name)) throw Error(ErrorCode::kMismatch, dir, name, "required tensor is missing");
+    return st.load_checked(name, shape, dt, device);
+  };
+  auto get_opt = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dt, bool want) {
+    if (!want) return at::Tensor();
+    return get(name, std::move(shape), dt);
+  };
+  const int64_t H = c.hidden_size, V = c.padded_vocab_size;
+  m->embedding_ = get("transformer.embedding.word_embeddings.weight", {V, H}, dtype);
+  m->layers_.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "transformer.encoder.layers." + std::to_string(l) + ".";
+    Layer& L = m->layers_[static_cast<size_t>(l)];
+    L.input_norm = get(p + "input_layernorm.weight", {H}, at::kFloat);
+    L.qkv_w = get(p + "self_attention.query_key_value.weight", {c.qkv_out(), H}, dtype);
+    L.qkv_b = get_opt(p + "self_attention.query_key_value.bias", {c.qkv_out()}, dtype,
+                      c.add_qkv_bias || c.add_bias_linear);
+    L.dense_w = get(p + "self_attention.dense.weight", {H, c.q_size()}, dtype);
+    L.dense_b = get_opt(p + "self_attention.dense.bias", {H}, dtype, c.add_bias_linear);
+    L.post_norm = get(p + "post_attention_layernorm.weight", {H}, at::kFloat);
+    L.h4h_w = get(p + "mlp.dense_h_to_4h.weight", {2 * c.ffn_hidden_size, H}, dtype);
+    L.h4h_b = get_opt(p + "mlp.dense_h_to_4h.bias", {2 * c.ffn_hidden_size}, dtype, c.add_bias_linear);
+    L.fourh_w = get(p + "mlp.dense_4h_to_h.weight", {H, c.ffn_hidden_size}, dtype);
+    L.fourh_b = get_opt(p + "mlp.dense_4h_to_h.bias", {H}, dtype, c.add_bias_linear);
+  }
+  if (c.post_layer_norm) m->final_norm_ = get("transformer.encoder.final_layernorm.weight", {H}, at::kFloat);
+  m->output_ = get("transformer.output_layer.weight", {V, H}, dtype);
+  for (const auto& name : st.names()) {
+    if (!used.count(name)) runtime::log(runtime::LogLevel::kDebug, dir + ": ignoring tensor " + name);
+  }
+
+  // §3.3 step 3: theta_i = 1 / base^(2i / r), base = 10000·rope_ratio, in float32.
+  const int64_t r = c.rotary_dim();
+  const double base = 10000.0 * c.rope_ratio;
+  at::Tensor exponent = at::arange(0, r, 2, at::TensorOptions().dtype(at::kFloat)) / static_cast<float>(r);
+  m->inv_freq_ = (1.0 / at::pow(static_cast<float>(base), exponent)).to(device);
+
+  runtime::log(runtime::LogLevel::kInfo,
+               dir + ": ChatGLM " + std::to_string(c.num_layers) + " layers, hidden " + std::to_string(H) +
+                   ", vocab " + std::to_string(V) + ", audio tokens " + std::to_string(tok.n_audio()) + " from id " +
+                   std::to_string(tok.audio_offset()) + ", " + runtime::dtype_name(dtype) + " on " + device.str());
+  return m;
+}
+
+int64_t LlmModel::parameter_count() const {
+  int64_t n = embedding_.numel() + output_.numel() + (final_norm_.defined() ? final_norm_.numel() : 0);
+  for (const auto& L : layers_) {
+    for (const at::Tensor* t : {&L.input_norm, &L.qkv_w, &L.qkv_b, &L.dense_w, &L.dense_b, &L.post_norm, &L.h4h_w,
+                                &L.h4h_b, &L.fourh_w, &L.fourh_b}) {
+      if (t->defined()) n += t->numel();
+    }
+  }
+  return n;
+}
+
+KvCache LlmModel::new_cache() const {
+  KvCache cache;
+  cache.k.resize(layers_.size());
+  cache.v.resize(layers_.size());
+  return cache;
+}
+
+void LlmModel::ensure_capacity(KvCache& cache, int64_t needed) const {
+  if (cache.k.size() != layers_.size()) {
+    cache.k.assign(layers_.size(), at::Tensor());
+    cache.v.assign(layers_.size(), at::Tensor());
+    cache.length = 0;
+    cache.capacity = 0;
+  }
+  if (needed <= cache.capacity) return;
+  int64_t cap = std::max<int64_t>(cache.capacity * 2, 256);
+  while (cap < needed) cap *= 2;
+  cap = std::min<int64_t>(cap, std::max<int64_t>(needed, config_.seq_length));
+  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  const int64_t ng = config_.multi_query_group_num, d = config_.head_dim();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    at::Tensor k = at::empty({ng, cap, d}, opts), v = at::empty({ng, cap, d}, opts);
+    if (cache.length > 0) {
+      k.narrow(1, 0, cache.length).copy_(cache.k[l].narrow(1, 0, cache.length));
+      v.narrow(1, 0, cache.length).copy_(cache.v[l].narrow(1, 0, cache.length));
+    }
+    cache.k[l] = k;
+    cache.v[l] = v;
+  }
+  cache.capacity = cap;
+}
+
+// ---------------------------------------------------------------- forward (§3)
+
+// §3.2: one rounding at the end; weight kept in f32.
+at::Tensor LlmModel::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor var = x32.pow(2).mean(-1, /*keepdim=*/true);
+  return (w * (x32 * at::rsqrt(var + config_.layernorm_epsilon))).to(x.scalar_type());
+}
+
+// §3.3 step 3: x [T, n, d]; rotates pairs (2i, 2i+1) of the first r dims; cos/sin [T, r/2].
+at::Tensor LlmModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  const int64_t T = x.size(0), n = x.size(1), d = x.size(2), r = config_.rotary_dim();
+  at::Tensor xr = x.narrow(2, 0, r).reshape({T, n, r / 2, 2});
+  at::Tensor x0 = xr.select(3, 0), x1 = xr.select(3, 1);
+  at::Tensor c = cos.view({T, 1, r / 2}), s = sin.view({T, 1, r / 2});
+  at::Tensor out = at::stack({x0 * c - x1 * s, x1 * c + x0 * s}, -1).view({T, n, r});
+  return at::cat({out, x.narrow(2, r, d - r)}, 2);
+}
+
+at::Tensor LlmModel::forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions) const {
+  c10::InferenceMode guard;
+  const ChatGlmConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(ids.size());
+  if (T == 0) throw Error(ErrorCode::kBadInput, options_.path, "ids", "empty input");
+  const int64_t P = cache.length;
+  if (P + T > c.seq_length) {
+    throw Error(ErrorCode::kBadInput, options_.path, "seq_length",
+                "positions up to " + std::to_string(P + T - 1) + " exceed the context of " +
+                    std::to_string(c.seq_length) + " tokens");
+  }
+  for (int64_t id : ids) {
+    if (id < 0 || id >= c.padded_vocab_size) {
+      throw Error(ErrorCode::kBadInput, options_.path, "ids",
+                  "token id " + std::to_string(id) + " outside [0, " + std::to_string(c.padded_vocab_size) + ")");
+    }
+  }
+  ensure_capacity(cache, P + T);
+  const auto dtype = options_.dtype;
+  const auto dev = options_.device;
+  const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
+  const int64_t hpg = c.heads_per_group(), S = P + T;
+
+  at::Tensor idx = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).to(dev);
+  at::Tensor h = embedding_.index_select(0, idx);  // [T, H]
+
+  // Rotary table for positions P … P+T-1 (float32 product, rounded to a 16-bit compute dtype).
+  at::Tensor pos = at::arange(P, P + T, at::TensorOptions().dtype(at::kFloat).device(dev));
+  at::Tensor angles = at::outer(pos, inv_freq_);  // [T, r/2]
+  at::Tensor cos = angles.cos(), sin = angles.sin();
+  if (dtype != at::kFloat) {
+    cos = cos.to(dtype);
+    sin = sin.to(dtype);
+  }
+  // Bottom-right aligned causal mask (§3.3 step 6): key j visible to query i iff j <= P+i.
+  at::Tensor masked;
+  if (T > 1) {
+    at::Tensor qi = at::arange(P, P + T, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(1);
+    at::Tensor kj = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(0);
+    masked = kj > qi;  // [T, S]
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    at::Tensor n1 = rms_norm(h, L.input_norm);
+    at::Tensor mixed = at::linear(n1, L.qkv_w, L.qkv_b);  // [T, qkv_out], bias fused (§3.7)
+    at::Tensor q = mixed.narrow(1, 0, c.q_size()).reshape({T, nh, d});
+    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).reshape({T, ng, d});
+    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).reshape({T, ng, d});
+    q = rotary(q, cos, sin);
+    k = rotary(k, cos, sin);
+    cache.k[l].narrow(1, P, T).copy_(k.transpose(0, 1));
+    cache.v[l].narrow(1, P, T).copy_(v.transpose(0, 1));
+    at::Tensor K = cache.k[l].narrow(1, 0, S);  // [ng, S, d]
+    at::Tensor Vv = cache.v[l].narrow(1, 0, S);
+    // Query head h uses group h / hpg (§3.3 step 4): [ng, hpg·T, d].
+    at::Tensor qg = q.reshape({T, ng, hpg, d}).permute({1, 2, 0, 3}).reshape({ng, hpg * T, d});
+    at::Tensor scores = at::matmul(qg, K.transpose(1, 2)) * scale;  // [ng, hpg·T, S]
+    if (masked.defined()) {
+      scores = scores.view({ng, hpg, T, S}).masked_fill(masked, -std::numeric_limits<double>::infinity())
+                   .view({ng, hpg * T, S});
+    }
+    at::Tensor probs = at::softmax(scores, -1);
+    at::Tensor ctx = at::matmul(probs, Vv);  // [ng, hpg·T, d]
+    ctx = ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
+    h = h + at::linear(ctx, L.dense_w, L.dense_b);
+    at::Tensor n2 = rms_norm(h, L.post_norm);
+    at::Tensor u = at::linear(n2, L.h4h_w, L.h4h_b);  // [T, 2·ffn]: gate first, up second (§3.4)
+    at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
+    h = h + at::linear(m, L.fourh_w, L.fourh_b);
+  }
+  cache.length = S;
+  if (!all_positions) h = h.narrow(0, T - 1, 1);
+  if (final_norm_.defined()) h = rms_norm(h, final_norm_);
+  at::Tensor logits = at::linear(h, output_).to(at::kFloat).cpu();
+  return all_positions ? logits : logits.squeeze(0);
+}
+
+}  // namespace glmvoice::llm

@@ -1,0 +1,74 @@
+// GLM-4-Voice-9B language model (ChatGLM / GLM-4 architecture) with a KV cache.
+//
+// Reference: THUDM/glm-4-voice-9b modeling_chatglm.py (verbatim copy in
+// WenzheLiu-Speech/GLM-4-Voice-SFT: model/modeling_chatglm.py), transformers 4.44.1;
+// GLM-4-Voice arXiv:2412.02612. Spec: ../shared/spec/llm.md §2–§4.
+//
+// Model/State split: an LlmModel (weights, config, tokenizer) is immutable after load() and
+// may be shared by several threads and streams; a KvCache belongs to one conversation.
+//
+//   auto model = LlmModel::load({"/models/glm-4-voice-9b", cpu, kFloat});
+//   KvCache cache = model->new_cache();
+//   at::Tensor logits = model->forward(ids, cache);   // [V] f32 of the last position
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "llm/chatglm_config.h"
+#include "runtime/options.h"
+#include "text/tokenizer.h"
+
+namespace glmvoice::llm {
+
+// Per-layer K (post-rotary) and V, [ng, capacity, d] in the compute dtype; `length`
+// positions are valid. Positions are 0 … length-1 (§4.2).
+struct KvCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;
+  int64_t capacity = 0;
+  // Forgets positions >= n (n <= length); used to reuse a common prefix.
+  void truncate(int64_t n);
+  void reset() { truncate(0); }
+};
+
+class LlmModel {
+ public:
+  // Loads config.json, generation_config.json, the safetensors (index or single file),
+  // tokenizer.model and tokenizer_config.json, and checks their consistency (§7.3).
+  static std::shared_ptr<const LlmModel> load(const ModelOptions& options);
+
+  const ChatGlmConfig& config() const { return config_; }
+  const text::Tokenizer& tokenizer() const { return tokenizer_; }
+  const ModelOptions& options() const { return options_; }
+
+  KvCache new_cache() const;
+  // Runs `ids` (positions cache.length … cache.length+T-1) and appends their K/V to the
+  // cache. Returns f32 CPU logits: [T, V] if `all_positions`, else [V] of the last one.
+  // Throws kBadInput for an id outside the vocabulary or positions >= seq_length.
+  at::Tensor forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions = false) const;
+
+  // Number of loaded parameters (for sanity checks and logs).
+  int64_t parameter_count() const;
+
+ private:
+  struct Layer {
+    at::Tensor input_norm, qkv_w, qkv_b, dense_w, dense_b, post_norm, h4h_w, h4h_b, fourh_w, fourh_b;
+  };
+  LlmModel() = default;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
+  at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  void ensure_capacity(KvCache& cache, int64_t needed) const;
+
+  ModelOptions options_;
+  ChatGlmConfig config_;
+  text::Tokenizer tokenizer_;
+  at::Tensor embedding_, final_norm_, output_;
+  at::Tensor inv_freq_;  // [r/2] f32, from base 10000·rope_ratio (checkpoint's value ignored)
+  std::vector<Layer> layers_;
+};
+
+}  // namespace glmvoice::llm
