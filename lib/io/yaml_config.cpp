@@ -78,51 +78,56 @@ static YAML::Node deref(const YamlConfig& c, const YAML::Node& node, const std::
   return next;
 }
 
-static YAML::Node follow_refs(const YamlConfig& c, YAML::Node node, const std::string& key) {
-  for (int depth = 0; node.IsDefined() && node.Tag() == "!ref"; ++depth) {
-    if (depth >= kMaxRefDepth) throw Error(ErrorCode::kBadConfig, c.path(), key, "!ref chain too deep (cycle?)");
-    node = deref(c, node, key);
+// yaml-cpp: Node::operator= writes into the referenced node and reset() refuses invalid
+// (zombie) nodes, so every step to another node is a fresh copy-constructed Node.
+
+// parent[part] (a key, or an index into a list), or an undefined node.
+static YAML::Node child(const YAML::Node& parent, const std::string& part) {
+  if (parent.IsMap()) {
+    YAML::Node n = parent[part];
+    if (n.IsDefined()) return n;
+  } else if (parent.IsSequence() && !part.empty() && part.size() < 9 &&
+             part.find_first_not_of("0123456789") == std::string::npos) {
+    const size_t index = std::stoul(part);
+    if (index < parent.size()) return parent[index];
   }
-  return node;
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+static YAML::Node follow_refs(const YamlConfig& c, const YAML::Node& node, const std::string& key, int depth = 0) {
+  if (!node.IsDefined() || node.Tag() != "!ref") return node;
+  if (depth >= kMaxRefDepth) throw Error(ErrorCode::kBadConfig, c.path(), key, "!ref chain too deep (cycle?)");
+  return follow_refs(c, deref(c, node, key), key, depth + 1);
 }
 
 // Follows `!ref <name>` (recursively) and enters the `content` mapping of a
 // `!new:omegaconf.DictConfig` node.
-static YAML::Node resolve(const YamlConfig& c, YAML::Node node, const std::string& key) {
-  node = follow_refs(c, node, key);
-  if (node.IsDefined() && node.Tag() == "!new:omegaconf.DictConfig" && node.IsMap()) {
-    const YAML::Node& m = node;
-    YAML::Node content = m["content"];
+static YAML::Node resolve(const YamlConfig& c, const YAML::Node& node, const std::string& key) {
+  YAML::Node n = follow_refs(c, node, key);
+  if (n.IsDefined() && n.Tag() == "!new:omegaconf.DictConfig" && n.IsMap()) {
+    YAML::Node content = child(n, "content");
     if (content.IsDefined()) return follow_refs(c, content, key + ".content");
   }
-  return node;
+  return n;
 }
 
-// The node at `dotted` (each step resolved), or an undefined node.
+// The node at `dotted` below `node` (each step resolved), or an undefined node.
+static YAML::Node lookup_from(const YamlConfig& c, const YAML::Node& node, const std::string& dotted,
+                              size_t pos, const std::string& walked, bool resolve_last) {
+  const size_t dot = dotted.find('.', pos);
+  const std::string part = dotted.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+  YAML::Node here = resolve(c, node, walked.empty() ? "(root)" : walked);
+  const std::string path = walked.empty() ? part : walked + "." + part;
+  YAML::Node direct = child(here, part);
+  // Also accept the explicit spelling "cfm_params.content.x".
+  YAML::Node next = direct.IsDefined() ? direct : child(follow_refs(c, node, path), part);
+  if (!next.IsDefined()) return next;
+  if (dot == std::string::npos) return resolve_last ? resolve(c, next, path) : next;
+  return lookup_from(c, next, dotted, dot + 1, path, resolve_last);
+}
+
 static YAML::Node lookup(const YamlConfig& c, const std::string& dotted, bool resolve_last) {
-  YAML::Node node = c.root();
-  size_t pos = 0;
-  std::string walked;
-  while (true) {
-    const size_t dot = dotted.find('.', pos);
-    const std::string part = dotted.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
-    node = resolve(c, node, walked.empty() ? "(root)" : walked);
-    walked += (walked.empty() ? "" : ".") + part;
-    const YAML::Node& cur = node;
-    if (cur.IsMap()) {
-      node = cur[part];
-    } else if (cur.IsSequence() && !part.empty() &&
-               part.find_first_not_of("0123456789") == std::string::npos && part.size() < 9) {
-      const size_t index = std::stoul(part);
-      node = index < cur.size() ? cur[index] : YAML::Node(YAML::NodeType::Undefined);
-    } else {
-      return YAML::Node(YAML::NodeType::Undefined);
-    }
-    if (!node.IsDefined()) return node;
-    if (dot == std::string::npos) break;
-    pos = dot + 1;
-  }
-  return resolve_last ? resolve(c, node, dotted) : node;
+  return lookup_from(c, c.root(), dotted, 0, "", resolve_last);
 }
 
 bool YamlConfig::has(const std::string& dotted) const {
@@ -201,7 +206,7 @@ std::string YamlConfig::get_string(const std::string& dotted) const {
 }
 
 std::vector<int64_t> YamlConfig::get_int_list(const std::string& dotted) const {
-  YAML::Node n = node(dotted);
+  const YAML::Node n = node(dotted);
   if (!n.IsSequence()) throw Error(ErrorCode::kBadConfig, path_, dotted, "expected a list");
   std::vector<int64_t> out;
   for (size_t i = 0; i < n.size(); ++i) {
@@ -212,7 +217,7 @@ std::vector<int64_t> YamlConfig::get_int_list(const std::string& dotted) const {
 }
 
 std::vector<double> YamlConfig::get_double_list(const std::string& dotted) const {
-  YAML::Node n = node(dotted);
+  const YAML::Node n = node(dotted);
   if (!n.IsSequence()) throw Error(ErrorCode::kBadConfig, path_, dotted, "expected a list");
   std::vector<double> out;
   for (size_t i = 0; i < n.size(); ++i) {
