@@ -119,8 +119,11 @@ std::vector<int64_t> ChatState::build_prompt_ids(const UserTurn& turn) const {
   return ids;
 }
 
+// §4.3: a prompt fits when it leaves room for min(max_new_tokens, seq_length / 2) new
+// tokens (so a max_new_tokens larger than the whole context does not wipe every history).
 bool ChatState::fits(size_t prompt_len) const {
-  return static_cast<int64_t>(prompt_len) + options_.max_new_tokens <= model_->config().seq_length;
+  const int64_t seq = model_->config().seq_length;
+  return static_cast<int64_t>(prompt_len) + std::min(options_.max_new_tokens, seq / 2) <= seq;
 }
 
 const std::vector<int64_t>& ChatState::begin_turn(const UserTurn& turn) {

@@ -32,7 +32,8 @@ const std::string& default_system_prompt(InputMode mode);
 enum class StopReason { kNone, kStopToken, kMaxNewTokens, kContext, kInterrupted };
 const char* stop_reason_name(StopReason reason);  // "stop-token", "max-new-tokens", "context", "interrupted"
 
-// What to do when prompt + max_new_tokens exceed seq_length (§4.3).
+// What to do when prompt + min(max_new_tokens, seq_length/2) exceeds seq_length (§4.3).
+// Generation itself always stops at seq_length (reason kContext).
 enum class ContextPolicy { kDropOldestTurns, kRefuse };
 
 struct ChatOptions {
