@@ -1,0 +1,613 @@
+/* glmvoicetokenize: GLM-4-Voice speech tokenizer element.
+ * SPDX-License-Identifier: Apache-2.0 */
+
+/**
+ * SECTION:element-glmvoicetokenize
+ * @title: glmvoicetokenize
+ *
+ * Turns 16 kHz mono speech into GLM-4-Voice speech tokens (Whisper-VQ tokenizer, 12.5 tokens
+ * per second, one little-endian int32 id per 80 ms) with the streaming algorithm of
+ * lib/speech/tokenizer_state.h.
+ *
+ * Caps: sink `audio/x-raw, format=F32LE, rate=16000, channels=1` (other formats are refused
+ * at negotiation: put `audioconvert ! audioresample` in front); src
+ * `audio/x-glm-speech-tokens, framerate=25/2, codebook-size=N` (N from the model config).
+ * Each output buffer holds consecutive tokens; PTS = the input timestamp of the token's first
+ * sample (token g of an utterance starts at sample 1280 g), duration 80 ms per token, offset
+ * = running token count. A timestamp gap or DISCONT on the input re-anchors the clock and the
+ * next output buffer carries DISCONT.
+ *
+ * Events sent: at EOS the partial attention block is flushed, its tokens pushed, then the
+ * custom downstream event end-of-turn (GstGlmVoiceEndOfTurn), then EOS. With
+ * #GstGlmVoiceTokenize:endpoint-silence-ms > 0 the same flush + end-of-turn happens after that
+ * much trailing silence, and the next samples start a new utterance (live conversations need
+ * no application code). FLUSH_STOP resets the stream state.
+ *
+ * ## Latency and live behaviour
+ * The tokens of one attention block (quantize_causal_block_size conv frames = 4.0 s, 50
+ * tokens with the real model) are emitted when the first sample after the block arrives, so
+ * latency = block duration (+ compute): the latency query adds `block_samples / 16000` s
+ * (4.0 s) to upstream's. The block's floor (max - 8 of the log-mel, spec §4.3) is the running
+ * maximum of the segment so far: a louder sound later in the same 30 s segment can make the
+ * ids differ from the offline tokenizer (spec §5.2); at an utterance end everything equals
+ * the offline path.
+ *
+ * ## Example launch line
+ * |[
+ * gst-launch-1.0 filesrc location=speech.wav ! decodebin ! audioconvert ! audioresample ! \
+ *     glmvoicetokenize model-path=/models/glm-4-voice-tokenizer ! fakesink dump=true
+ * ]|
+ * (run on the tiny mk-a model from glmvoice-mkmodel, CPU.)
+ */
+
+#include "gstglmvoicetokenize.h"
+
+#include <gst/audio/audio.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "glmvoice_caps.h"
+#include "glmvoice_element_util.h"
+#include "glmvoice_events.h"
+#include "glmvoice_model_cache.h"
+#include "speech/endpointer.h"
+#include "speech/tokenizer_model.h"
+#include "speech/tokenizer_state.h"
+
+GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_tokenize_debug);
+#define GST_CAT_DEFAULT gst_glm_voice_tokenize_debug
+
+#define DEFAULT_MODEL_PATH ""
+#define DEFAULT_DEVICE ""
+#define DEFAULT_DTYPE "float32"
+#define DEFAULT_ENDPOINT_SILENCE_MS 0
+#define DEFAULT_SILENCE_THRESHOLD_DB -50.0
+/* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
+#define MODEL_SUBDIR "glm-4-voice-tokenizer"
+/* Input timestamps further than this from the sample count re-anchor the clock (cf.
+ * audiobasesink alignment-threshold, 40 ms). */
+#define ALIGNMENT_THRESHOLD (40 * GST_MSECOND)
+#define SAMPLE_RATE 16000
+
+enum {
+  PROP_0,
+  PROP_MODEL_PATH,
+  PROP_DEVICE,
+  PROP_DTYPE,
+  PROP_ENDPOINT_SILENCE_MS,
+  PROP_SILENCE_THRESHOLD_DB,
+};
+
+#define SINK_CAPS "audio/x-raw, format=(string)F32LE, rate=(int)16000, channels=(int)1, layout=(string)interleaved"
+
+static GstStaticPadTemplate sink_template =
+    GST_STATIC_PAD_TEMPLATE("sink", GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS(SINK_CAPS));
+static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE(
+    "src", GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS(GST_GLM_VOICE_TOKENS_CAPS_TEMPLATE));
+
+namespace {
+
+// Input sample index (in the utterance) -> timestamp, recorded at the start and at every gap.
+struct Anchor {
+  int64_t sample;
+  GstClockTime pts;
+};
+
+}  // namespace
+
+struct GstGlmVoiceTokenizeImpl {
+  // Settings: protected by the object lock; copied at NULL->READY / READY->PAUSED.
+  std::string model_path = DEFAULT_MODEL_PATH;
+  std::string device = DEFAULT_DEVICE;
+  std::string dtype = DEFAULT_DTYPE;
+  guint endpoint_silence_ms = DEFAULT_ENDPOINT_SILENCE_MS;
+  gdouble silence_threshold_db = DEFAULT_SILENCE_THRESHOLD_DB;
+
+  // Set at NULL->READY, dropped at READY->NULL (state-change thread; read by the
+  // streaming thread only in PAUSED/PLAYING).
+  std::shared_ptr<const glmvoice::speech::TokenizerModel> model;
+  GstClockTime latency = 0;
+
+  // Streaming state: protected by the sink pad's stream lock.
+  std::unique_ptr<glmvoice::speech::TokenizerState> state;
+  std::unique_ptr<glmvoice::speech::SilenceEndpointer> endpointer;
+  GstSegment segment;
+  bool have_caps = false;
+  std::vector<Anchor> anchors;          // of the current utterance
+  GstClockTime next_pts = GST_CLOCK_TIME_NONE;  // timestamp of the next input sample
+  GstClockTime last_token_end = GST_CLOCK_TIME_NONE;
+  bool discont = true;                  // mark the next output buffer DISCONT
+  guint64 token_offset = 0;             // tokens pushed since start / flush
+
+  void reset_stream() {
+    if (state) state->reset();
+    if (endpointer) endpointer->reset();
+    anchors.clear();
+    next_pts = GST_CLOCK_TIME_NONE;
+    last_token_end = GST_CLOCK_TIME_NONE;
+    discont = true;
+    token_offset = 0;
+  }
+};
+
+#define gst_glm_voice_tokenize_parent_class parent_class
+G_DEFINE_TYPE(GstGlmVoiceTokenize, gst_glm_voice_tokenize, GST_TYPE_ELEMENT);
+GST_ELEMENT_REGISTER_DEFINE(glmvoicetokenize, "glmvoicetokenize", GST_RANK_NONE,
+                            GST_TYPE_GLM_VOICE_TOKENIZE);
+
+static void gst_glm_voice_tokenize_finalize(GObject* object);
+static void gst_glm_voice_tokenize_set_property(GObject* object, guint prop_id, const GValue* value,
+                                                GParamSpec* pspec);
+static void gst_glm_voice_tokenize_get_property(GObject* object, guint prop_id, GValue* value,
+                                                GParamSpec* pspec);
+static GstStateChangeReturn gst_glm_voice_tokenize_change_state(GstElement* element,
+                                                                GstStateChange transition);
+static gboolean gst_glm_voice_tokenize_sink_event(GstPad* pad, GstObject* parent, GstEvent* event);
+static gboolean gst_glm_voice_tokenize_sink_query(GstPad* pad, GstObject* parent, GstQuery* query);
+static gboolean gst_glm_voice_tokenize_src_query(GstPad* pad, GstObject* parent, GstQuery* query);
+static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer);
+
+static void gst_glm_voice_tokenize_class_init(GstGlmVoiceTokenizeClass* klass) {
+  GObjectClass* gobject_class = G_OBJECT_CLASS(klass);
+  GstElementClass* element_class = GST_ELEMENT_CLASS(klass);
+
+  GST_DEBUG_CATEGORY_INIT(gst_glm_voice_tokenize_debug, "glmvoicetokenize", 0,
+                          "GLM-4-Voice speech tokenizer");
+
+  gobject_class->finalize = gst_glm_voice_tokenize_finalize;
+  gobject_class->set_property = gst_glm_voice_tokenize_set_property;
+  gobject_class->get_property = gst_glm_voice_tokenize_get_property;
+
+  /**
+   * GstGlmVoiceTokenize:model-path:
+   * Directory of the tokenizer in the Hugging Face layout (config.json,
+   * preprocessor_config.json, model.safetensors). Empty: $GLMVOICE_MODEL_DIR/glm-4-voice-tokenizer.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_MODEL_PATH,
+      g_param_spec_string("model-path", "Model path",
+                          "Tokenizer model directory (empty: $GLMVOICE_MODEL_DIR/" MODEL_SUBDIR ")",
+                          DEFAULT_MODEL_PATH,
+                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  /**
+   * GstGlmVoiceTokenize:device:
+   * "cpu", "cuda" or "cuda:N"; empty = CUDA when available, else CPU. Reads back the device
+   * in use once the model is loaded.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_DEVICE,
+      g_param_spec_string("device", "Device", "cpu, cuda, cuda:N (empty: CUDA when available)",
+                          DEFAULT_DEVICE,
+                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  /**
+   * GstGlmVoiceTokenize:dtype:
+   * Compute dtype: float32 (exact parity), bfloat16 or float16 (GPU). VQ distances stay float32.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_DTYPE,
+      g_param_spec_string("dtype", "Dtype", "float32, bfloat16 or float16", DEFAULT_DTYPE,
+                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  /**
+   * GstGlmVoiceTokenize:endpoint-silence-ms:
+   * After this much trailing silence (following speech) the element flushes the partial
+   * block, sends end-of-turn and starts a new utterance. 0 disables endpointing.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_ENDPOINT_SILENCE_MS,
+      g_param_spec_uint("endpoint-silence-ms", "Endpoint silence (ms)",
+                        "Trailing silence that ends a turn (0 = off)", 0, 600000,
+                        DEFAULT_ENDPOINT_SILENCE_MS,
+                        (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  /**
+   * GstGlmVoiceTokenize:silence-threshold-db:
+   * 10 ms frames whose RMS level (dBFS) is below this count as silence for endpointing.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_SILENCE_THRESHOLD_DB,
+      g_param_spec_double("silence-threshold-db", "Silence threshold (dB)",
+                          "RMS level in dBFS below which a 10 ms frame is silent", -200.0, 0.0,
+                          DEFAULT_SILENCE_THRESHOLD_DB,
+                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+
+  gst_element_class_add_static_pad_template(element_class, &sink_template);
+  gst_element_class_add_static_pad_template(element_class, &src_template);
+  gst_element_class_set_static_metadata(
+      element_class, "GLM-4-Voice speech tokenizer", "Filter/Audio/Converter",
+      "Turns 16 kHz mono speech into GLM-4-Voice speech tokens (12.5 per second)", "glmvoice");
+  element_class->change_state = GST_DEBUG_FUNCPTR(gst_glm_voice_tokenize_change_state);
+}
+
+static void gst_glm_voice_tokenize_init(GstGlmVoiceTokenize* self) {
+  self->impl = new GstGlmVoiceTokenizeImpl();
+  gst_segment_init(&self->impl->segment, GST_FORMAT_TIME);
+
+  self->sinkpad = gst_pad_new_from_static_template(&sink_template, "sink");
+  gst_pad_set_chain_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_tokenize_chain));
+  gst_pad_set_event_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_tokenize_sink_event));
+  gst_pad_set_query_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_tokenize_sink_query));
+  gst_element_add_pad(GST_ELEMENT(self), self->sinkpad);
+
+  self->srcpad = gst_pad_new_from_static_template(&src_template, "src");
+  gst_pad_set_query_function(self->srcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_tokenize_src_query));
+  gst_pad_use_fixed_caps(self->srcpad);
+  gst_element_add_pad(GST_ELEMENT(self), self->srcpad);
+}
+
+static void gst_glm_voice_tokenize_finalize(GObject* object) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(object);
+  delete self->impl;
+  self->impl = nullptr;
+  G_OBJECT_CLASS(parent_class)->finalize(object);
+}
+
+static void gst_glm_voice_tokenize_set_property(GObject* object, guint prop_id, const GValue* value,
+                                                GParamSpec* pspec) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(object);
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GST_OBJECT_LOCK(self);
+  switch (prop_id) {
+    case PROP_MODEL_PATH: {
+      const gchar* s = g_value_get_string(value);
+      impl->model_path = s ? s : "";
+      break;
+    }
+    case PROP_DEVICE: {
+      const gchar* s = g_value_get_string(value);
+      impl->device = s ? s : "";
+      break;
+    }
+    case PROP_DTYPE: {
+      const gchar* s = g_value_get_string(value);
+      impl->dtype = s ? s : DEFAULT_DTYPE;
+      break;
+    }
+    case PROP_ENDPOINT_SILENCE_MS:
+      impl->endpoint_silence_ms = g_value_get_uint(value);
+      break;
+    case PROP_SILENCE_THRESHOLD_DB:
+      impl->silence_threshold_db = g_value_get_double(value);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK(self);
+}
+
+static void gst_glm_voice_tokenize_get_property(GObject* object, guint prop_id, GValue* value,
+                                                GParamSpec* pspec) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(object);
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GST_OBJECT_LOCK(self);
+  switch (prop_id) {
+    case PROP_MODEL_PATH:
+      g_value_set_string(value, impl->model_path.c_str());
+      break;
+    case PROP_DEVICE:
+      // the device in use once loaded (shows an "auto" choice)
+      g_value_set_string(value, impl->model && impl->device.empty()
+                                    ? impl->model->options().device.str().c_str()
+                                    : impl->device.c_str());
+      break;
+    case PROP_DTYPE:
+      g_value_set_string(value, impl->dtype.c_str());
+      break;
+    case PROP_ENDPOINT_SILENCE_MS:
+      g_value_set_uint(value, impl->endpoint_silence_ms);
+      break;
+    case PROP_SILENCE_THRESHOLD_DB:
+      g_value_set_double(value, impl->silence_threshold_db);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK(self);
+}
+
+static gboolean load_model(GstGlmVoiceTokenize* self) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GST_OBJECT_LOCK(self);
+  const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
+  GST_OBJECT_UNLOCK(self);
+  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_START,
+                                    "Loading the speech tokenizer");
+  try {
+    const glmvoice::ModelOptions options =
+        glmvoice::gst::make_model_options(path, MODEL_SUBDIR, device, dtype);
+    auto model = glmvoice::gst::model_cache_get<glmvoice::speech::TokenizerModel>(
+        "tokenizer", options, [&options]() { return glmvoice::speech::TokenizerModel::load(options); });
+    const auto& config = model->config();
+    GST_OBJECT_LOCK(self);
+    impl->model = model;
+    impl->latency = gst_util_uint64_scale_int(config.block_samples(), GST_SECOND,
+                                              static_cast<gint>(config.features.sampling_rate));
+    GST_OBJECT_UNLOCK(self);
+    GST_INFO_OBJECT(self, "tokenizer %s on %s: d_model %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
+                    " layers, codebook %" G_GINT64_FORMAT ", block %" G_GINT64_FORMAT " frames",
+                    options.path.c_str(), options.device.str().c_str(), config.d_model,
+                    config.quantize_position, config.vocab_size, config.block_size);
+  } catch (...) {
+    glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_ERROR,
+                                      "Could not load the speech tokenizer");
+    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the speech tokenizer",
+                              std::current_exception());
+    return FALSE;
+  }
+  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_COMPLETE,
+                                    "Speech tokenizer loaded");
+  return TRUE;
+}
+
+static GstStateChangeReturn gst_glm_voice_tokenize_change_state(GstElement* element,
+                                                                GstStateChange transition) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(element);
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  switch (transition) {
+    case GST_STATE_CHANGE_NULL_TO_READY:
+      if (!load_model(self)) return GST_STATE_CHANGE_FAILURE;
+      break;
+    case GST_STATE_CHANGE_READY_TO_PAUSED: {
+      GST_OBJECT_LOCK(self);
+      const guint silence_ms = impl->endpoint_silence_ms;
+      const gdouble threshold = impl->silence_threshold_db;
+      GST_OBJECT_UNLOCK(self);
+      impl->state = std::make_unique<glmvoice::speech::TokenizerState>(impl->model);
+      impl->endpointer.reset();
+      if (silence_ms > 0) {
+        impl->endpointer = std::make_unique<glmvoice::speech::SilenceEndpointer>(
+            threshold, silence_ms, impl->model->config().features.sampling_rate);
+      }
+      gst_segment_init(&impl->segment, GST_FORMAT_TIME);
+      impl->have_caps = false;
+      impl->reset_stream();
+      break;
+    }
+    default:
+      break;
+  }
+
+  const GstStateChangeReturn ret = GST_ELEMENT_CLASS(parent_class)->change_state(element, transition);
+  if (ret == GST_STATE_CHANGE_FAILURE) return ret;
+
+  switch (transition) {
+    case GST_STATE_CHANGE_PAUSED_TO_READY:
+      impl->state.reset();
+      impl->endpointer.reset();
+      impl->anchors.clear();
+      break;
+    case GST_STATE_CHANGE_READY_TO_NULL:
+      GST_OBJECT_LOCK(self);
+      impl->model.reset();
+      GST_OBJECT_UNLOCK(self);
+      break;
+    default:
+      break;
+  }
+  return ret;
+}
+
+/* ---- timestamps ---------------------------------------------------------------------- */
+
+// Timestamp of utterance sample `sample` from the anchors (GST_CLOCK_TIME_NONE if none).
+static GstClockTime sample_time(const GstGlmVoiceTokenizeImpl* impl, int64_t sample) {
+  const Anchor* anchor = nullptr;
+  for (const Anchor& a : impl->anchors) {
+    if (a.sample <= sample) anchor = &a;
+  }
+  if (!anchor || !GST_CLOCK_TIME_IS_VALID(anchor->pts)) return GST_CLOCK_TIME_NONE;
+  return anchor->pts + gst_util_uint64_scale_int(sample - anchor->sample, GST_SECOND, SAMPLE_RATE);
+}
+
+// Pushes `ids` (tokens first_token .. of the utterance) in runs of contiguous timestamps.
+static GstFlowReturn push_tokens(GstGlmVoiceTokenize* self, const std::vector<int32_t>& ids,
+                                 int64_t first_token) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  const int64_t per_token = impl->model->config().samples_per_token();
+  size_t i = 0;
+  while (i < ids.size()) {
+    const GstClockTime pts = sample_time(impl, (first_token + static_cast<int64_t>(i)) * per_token);
+    size_t j = i + 1;
+    while (j < ids.size()) {
+      const GstClockTime t = sample_time(impl, (first_token + static_cast<int64_t>(j)) * per_token);
+      if (!GST_CLOCK_TIME_IS_VALID(pts) || t != pts + (j - i) * GST_GLM_VOICE_TOKEN_DURATION) break;
+      ++j;
+    }
+    GstBuffer* buffer = gst_glm_voice_tokens_buffer_new(ids.data() + i, j - i);
+    GST_BUFFER_PTS(buffer) = pts;
+    GST_BUFFER_DURATION(buffer) = (j - i) * GST_GLM_VOICE_TOKEN_DURATION;
+    GST_BUFFER_OFFSET(buffer) = impl->token_offset;
+    GST_BUFFER_OFFSET_END(buffer) = impl->token_offset + (j - i);
+    if (impl->discont || !GST_CLOCK_TIME_IS_VALID(pts) || pts != impl->last_token_end) {
+      GST_BUFFER_FLAG_SET(buffer, GST_BUFFER_FLAG_DISCONT);
+    }
+    impl->discont = false;
+    impl->token_offset += j - i;
+    impl->last_token_end = GST_CLOCK_TIME_IS_VALID(pts) ? pts + GST_BUFFER_DURATION(buffer)
+                                                        : GST_CLOCK_TIME_NONE;
+    GST_LOG_OBJECT(self, "pushing %zu tokens at %" GST_TIME_FORMAT, j - i, GST_TIME_ARGS(pts));
+    const GstFlowReturn ret = gst_pad_push(self->srcpad, buffer);
+    if (ret != GST_FLOW_OK) return ret;
+    i = j;
+  }
+  return GST_FLOW_OK;
+}
+
+// Ends the utterance: last partial block, its tokens, then end-of-turn.
+static GstFlowReturn finish_utterance(GstGlmVoiceTokenize* self) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  if (!impl->state || impl->state->samples_pushed() == 0) return GST_FLOW_OK;
+  const int64_t first = impl->state->tokens_emitted();
+  const GstClockTime end = sample_time(impl, impl->state->samples_pushed());
+  const std::vector<int32_t> ids = impl->state->finish();
+  GstFlowReturn ret = push_tokens(self, ids, first);
+  impl->anchors.clear();
+  impl->next_pts = end;
+  if (impl->endpointer) impl->endpointer->reset();
+  GST_DEBUG_OBJECT(self, "end of turn after %zu final tokens", ids.size());
+  gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_turn());
+  return ret;
+}
+
+/* ---- events and queries ------------------------------------------------------------- */
+
+static gboolean gst_glm_voice_tokenize_sink_event(GstPad* pad, GstObject* parent, GstEvent* event) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GST_LOG_OBJECT(self, "sink event %" GST_PTR_FORMAT, event);
+  switch (GST_EVENT_TYPE(event)) {
+    case GST_EVENT_CAPS: {
+      gst_event_unref(event);
+      if (!impl->model) return FALSE;
+      impl->have_caps = true;
+      GstCaps* caps = gst_glm_voice_tokens_caps_new(static_cast<gint>(impl->model->config().vocab_size));
+      const gboolean ok = gst_pad_set_caps(self->srcpad, caps);
+      gst_caps_unref(caps);
+      return ok;
+    }
+    case GST_EVENT_SEGMENT: {
+      const GstSegment* segment;
+      gst_event_parse_segment(event, &segment);
+      if (segment->format != GST_FORMAT_TIME) {
+        GST_ELEMENT_ERROR(self, STREAM, FORMAT, ("glmvoicetokenize needs a TIME segment"),
+                          ("got a %s segment", gst_format_get_name(segment->format)));
+        gst_event_unref(event);
+        return FALSE;
+      }
+      gst_segment_copy_into(segment, &impl->segment);
+      return gst_pad_event_default(pad, parent, event);
+    }
+    case GST_EVENT_EOS: {
+      try {
+        finish_utterance(self);
+      } catch (...) {
+        glmvoice::gst::post_error(GST_ELEMENT(self), "Speech tokenizer failed", std::current_exception());
+      }
+      return gst_pad_event_default(pad, parent, event);
+    }
+    case GST_EVENT_FLUSH_STOP:
+      impl->reset_stream();
+      return gst_pad_event_default(pad, parent, event);
+    default:
+      return gst_pad_event_default(pad, parent, event);
+  }
+}
+
+static gboolean gst_glm_voice_tokenize_sink_query(GstPad* pad, GstObject* parent, GstQuery* query) {
+  if (GST_QUERY_TYPE(query) == GST_QUERY_ACCEPT_CAPS) {
+    const gboolean ret = gst_pad_query_default(pad, parent, query);
+    gboolean accepted = FALSE;
+    GstCaps* caps = nullptr;
+    gst_query_parse_accept_caps_result(query, &accepted);
+    gst_query_parse_accept_caps(query, &caps);
+    if (!accepted) {
+      GST_WARNING_OBJECT(parent,
+                         "refusing %" GST_PTR_FORMAT ": glmvoicetokenize needs " SINK_CAPS
+                         " (put audioconvert ! audioresample in front)",
+                         caps);
+    }
+    return ret;
+  }
+  return gst_pad_query_default(pad, parent, query);
+}
+
+static gboolean gst_glm_voice_tokenize_src_query(GstPad* pad, GstObject* parent, GstQuery* query) {
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
+  if (GST_QUERY_TYPE(query) == GST_QUERY_LATENCY) {
+    if (!gst_pad_peer_query(self->sinkpad, query)) return FALSE;
+    gboolean live;
+    GstClockTime min, max;
+    gst_query_parse_latency(query, &live, &min, &max);
+    GST_OBJECT_LOCK(self);
+    const GstClockTime ours = self->impl->latency;
+    GST_OBJECT_UNLOCK(self);
+    min += ours;
+    if (GST_CLOCK_TIME_IS_VALID(max)) max += ours;
+    GST_DEBUG_OBJECT(self, "latency: live %d, ours %" GST_TIME_FORMAT ", total min %" GST_TIME_FORMAT,
+                     live, GST_TIME_ARGS(ours), GST_TIME_ARGS(min));
+    gst_query_set_latency(query, live, min, max);
+    return TRUE;
+  }
+  return gst_pad_query_default(pad, parent, query);
+}
+
+/* ---- streaming ------------------------------------------------------------------------ */
+
+static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer) {
+  (void)pad;
+  GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  if (!impl->have_caps || !impl->state) {
+    gst_buffer_unref(buffer);
+    GST_ELEMENT_ERROR(self, CORE, NEGOTIATION,
+                      ("glmvoicetokenize needs audio/x-raw, F32LE, 16000 Hz, mono input: put "
+                       "audioconvert ! audioresample in front of it"),
+                      ("no caps received before the first buffer"));
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+  GstMapInfo map;
+  if (!gst_buffer_map(buffer, &map, GST_MAP_READ)) {
+    gst_buffer_unref(buffer);
+    GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
+    return GST_FLOW_ERROR;
+  }
+  const float* samples = reinterpret_cast<const float*>(map.data);
+  const int64_t count = static_cast<int64_t>(map.size / sizeof(float));
+  GstClockTime pts = GST_BUFFER_PTS(buffer);
+  const bool discont = GST_BUFFER_FLAG_IS_SET(buffer, GST_BUFFER_FLAG_DISCONT);
+  GstFlowReturn ret = GST_FLOW_OK;
+
+  try {
+    int64_t done = 0;
+    while (done < count) {
+      // clock anchor for the first sample of this piece
+      const int64_t s0 = impl->state->samples_pushed();
+      GstClockTime t0 = done == 0 ? pts : GST_CLOCK_TIME_NONE;
+      if (GST_CLOCK_TIME_IS_VALID(t0) && done == 0) {
+        const GstClockTime expected = impl->next_pts;
+        const bool gap = !GST_CLOCK_TIME_IS_VALID(expected) ||
+                         (t0 > expected ? t0 - expected : expected - t0) > ALIGNMENT_THRESHOLD;
+        if (impl->anchors.empty() || ((discont || gap) && t0 != expected)) {
+          if (!impl->anchors.empty()) {
+            GST_DEBUG_OBJECT(self, "timestamp jump to %" GST_TIME_FORMAT " (expected %" GST_TIME_FORMAT ")",
+                             GST_TIME_ARGS(t0), GST_TIME_ARGS(expected));
+          }
+          impl->anchors.push_back({s0, t0});
+        }
+      } else if (impl->anchors.empty()) {
+        GstClockTime t = impl->next_pts;
+        if (!GST_CLOCK_TIME_IS_VALID(t)) t = impl->segment.start;
+        impl->anchors.push_back({s0, t});
+      }
+      // endpointing: split the buffer where the trailing silence completes
+      int64_t take = count - done;
+      bool endpoint = false;
+      if (impl->endpointer) {
+        const int64_t at = impl->endpointer->push(samples + done, take);
+        if (at >= 0) {
+          take = at;
+          endpoint = true;
+        }
+      }
+      const int64_t first = impl->state->tokens_emitted();
+      const std::vector<int32_t> ids = impl->state->push(samples + done, take);
+      done += take;
+      impl->next_pts = sample_time(impl, impl->state->samples_pushed());
+      ret = push_tokens(self, ids, first);
+      if (ret != GST_FLOW_OK) break;
+      if (endpoint) {
+        GST_DEBUG_OBJECT(self, "endpoint: trailing silence reached");
+        ret = finish_utterance(self);
+        if (ret != GST_FLOW_OK) break;
+      }
+    }
+  } catch (...) {
+    glmvoice::gst::post_error(GST_ELEMENT(self), "Speech tokenizer failed", std::current_exception());
+    ret = GST_FLOW_ERROR;
+  }
+  gst_buffer_unmap(buffer, &map);
+  gst_buffer_unref(buffer);
+  return ret;
+}
