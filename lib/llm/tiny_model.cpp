@@ -25,7 +25,8 @@ struct TinySpec {
   int64_t num_layers = 2, hidden = 64, heads = 4, kv_channels = 16, groups = 2, ffn = 96;
   int64_t n_audio = 64, padded_vocab = 448;
   double rope_ratio = 1;
-  bool seq_length = true;           // write seq_length 512
+  bool seq_length = true;           // write seq_length
+  int64_t seq_length_value = 512;
   bool num_hidden_layers = false;   // write the duplicate key
   bool f32_single = false;          // one F32 model.safetensors instead of BF16 shards
   int script = 0;                   // 0 random, 1 bigram script ending in <|user|>, 2 endless loop
@@ -56,6 +57,7 @@ TinySpec spec_for(const std::string& config, const std::string& dir) {
     s.ffn = 3424;
     s.n_audio = 16384;
     s.padded_vocab = 168960;
+    s.seq_length_value = 8192;  // GLM-4-9B's; the real voice value is unconfirmed (spec §1.2)
   } else {
     throw Error(ErrorCode::kBadConfig, dir, "config", "unknown llm tiny config '" + config + "'");
   }
@@ -192,7 +194,7 @@ void write_tiny_llm(const std::string& dir, const std::string& config, uint64_t 
               {"eos_token_id", eos},
               {"pad_token_id", id_of["<|endoftext|>"]},
               {"tie_word_embeddings", false}};
-  if (s.seq_length) cfg["seq_length"] = 512;
+  if (s.seq_length) cfg["seq_length"] = s.seq_length_value;
   if (s.num_hidden_layers) cfg["num_hidden_layers"] = s.num_layers;
   write_text(root / "config.json", cfg.dump(2));
   json gen = {{"do_sample", true},     {"eos_token_id", eos}, {"max_length", 512},

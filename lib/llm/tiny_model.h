@@ -14,7 +14,8 @@
 //                 <|audio_4|> <84> " world" <|user|>  (text "Hi的 world", audio [3, 4]).
 //   tiny-loop     as tiny-script but the chain never stops: "H" "i" "H" "i" ...
 //   mid           benchmark size: hidden 1024, 8 layers, 8 heads x 128, 2 KV groups,
-//                 ffn 3424, padded_vocab_size 168960 (the real vocabulary rows), BF16
+//                 ffn 3424, padded_vocab_size 168960 (the real vocabulary rows), seq_length
+//                 8192, BF16
 #pragma once
 
 #include <cstdint>
