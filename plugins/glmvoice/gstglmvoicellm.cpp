@@ -42,13 +42,19 @@
  * tokens/s with the 13/26 interleave): the real 9B model needs a GPU for that. The latency
  * query adds nothing of its own (the answer's timeline starts when the turn ends).
  *
+ * Both src pads are pushed from one task: like a demuxer's, each needs a `queue` after it
+ * when both lead to sinks (otherwise the first sink to preroll blocks the other).
+ *
  * ## Example launch line
  * |[
- * gst-launch-1.0 filesrc location=question.wav ! decodebin ! audioconvert ! audioresample ! \
- *     glmvoicetokenize ! glmvoicellm name=llm model-path=/models/glm-4-voice-9b ! \
- *     glmvoicedecode ! audioconvert ! autoaudiosink  llm.text_src ! fakesink dump=true
+ * gst-launch-1.0 -m filesrc location=question.wav ! decodebin ! audioconvert ! audioresample ! \
+ *     glmvoicetokenize model-path=TOKDIR ! glmvoicellm name=llm model-path=LLMDIR ! \
+ *     queue ! fakesink dump=true  llm.text_src ! queue ! fakesink dump=true
  * ]|
- * (run on the tiny models of glmvoice-mkmodel, CPU.)
+ * (run with the mk-a tokenizer and the tiny-script LLM of glmvoice-mkmodel on
+ * ../shared/fixtures/common/inputs/en.wav, CPU: text "Hi的 world", tokens 3 4, then the
+ * GstGlmVoiceLlmTurn message and EOS.) With the decoder: `llm. ! queue ! glmvoicedecode !
+ * audioconvert ! autoaudiosink`.
  */
 
 #include "gstglmvoicellm.h"
