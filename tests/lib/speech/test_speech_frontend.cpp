@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "io/npy.h"
+#include "speech/endpointer.h"
 #include "speech/log_mel.h"
 #include "speech/tokenizer_model.h"
 #include "speech/wav_file.h"
@@ -134,6 +135,38 @@ TEST(SpeechFrontend, test_wav_reader) {
   write_wav16(dir + "/b.wav", {1, 2}, 22050, 1);
   EXPECT_THROW(read_wav_mono16k(dir + "/b.wav"), std::exception);
   EXPECT_THROW(read_wav(dir + "/missing.wav"), std::exception);
+}
+
+}  // namespace
+}  // namespace glmvoice::speech
+
+namespace glmvoice::speech {
+namespace {
+
+TEST(SpeechEndpointer, test_fires_after_trailing_silence_once) {
+  SilenceEndpointer ep(-50.0, 300, 16000);  // 30 silent 10 ms frames
+  std::vector<float> loud(1600, 0.1f), silence(16000, 0.0f);
+  EXPECT_EQ(ep.push(silence.data(), 8000), -1) << "silence before speech never ends a turn";
+  EXPECT_EQ(ep.push(loud.data(), 1600), -1);
+  EXPECT_TRUE(ep.in_speech());
+  // fires exactly when the 30th silent frame completes: 4800 samples into the silence
+  EXPECT_EQ(ep.push(silence.data(), 16000), 4800);
+  EXPECT_FALSE(ep.in_speech());
+  EXPECT_EQ(ep.push(silence.data(), 16000), -1) << "re-arms only after speech";
+  EXPECT_EQ(ep.push(loud.data(), 1600), -1);
+  EXPECT_EQ(ep.push(silence.data(), 4000), -1);
+  EXPECT_EQ(ep.push(silence.data(), 4000), 800);  // 4000 + 800 = 4800
+}
+
+TEST(SpeechEndpointer, test_threshold_and_reset) {
+  SilenceEndpointer ep(-30.0, 100, 16000);
+  std::vector<float> quiet(3200, 0.01f);  // -40 dBFS: silent at -30 dB
+  std::vector<float> loud(160, 0.5f);
+  EXPECT_EQ(ep.push(loud.data(), 160), -1);
+  EXPECT_EQ(ep.push(quiet.data(), 3200), 1600);
+  ep.reset();
+  EXPECT_FALSE(ep.in_speech());
+  EXPECT_EQ(ep.push(quiet.data(), 3200), -1);
 }
 
 }  // namespace
