@@ -219,3 +219,24 @@ TEST(LlmModel, missing_directory_is_not_found) {
     EXPECT_EQ(e.code(), ErrorCode::kNotFound);
   }
 }
+
+TEST(LlmModel, inv_freq_tensor_is_ignored) {
+  const std::string src = test::tiny_model_dir("llm", "tiny-f32");
+  const auto st = io::SafeTensors::open(src + "/model.safetensors");
+  const std::string dir = test::scratch_dir("llm-invfreq");
+  for (const char* f : {"config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json"}) {
+    fs::copy_file(src + "/" + f, dir + "/" + f);
+  }
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& name : st.names()) {
+    at::Tensor t = st.load(name);
+    if (name == "transformer.rotary_pos_emb.inv_freq") t = at::rand_like(t) * 1000;
+    tensors.emplace_back(name, t);
+  }
+  io::write_safetensors(dir + "/model.safetensors", tensors);
+  auto a = llm::LlmModel::load({src, c10::Device(c10::kCPU), c10::kFloat});
+  auto b = llm::LlmModel::load({dir, c10::Device(c10::kCPU), c10::kFloat});
+  const auto ids = some_ids(*a, 16);
+  auto ca = a->new_cache(), cb = b->new_cache();
+  EXPECT_TRUE(at::equal(a->forward(ids, ca, true), b->forward(ids, cb, true)));
+}
