@@ -10,6 +10,7 @@
 
 // Element registrations (one line per element; each file has GST_ELEMENT_REGISTER_DEFINE).
 // ELEMENT-DECLARATIONS (keep this marker)
+GST_ELEMENT_REGISTER_DECLARE(glmvoicedecode);
 GST_ELEMENT_REGISTER_DECLARE(glmvoicellm);
 GST_ELEMENT_REGISTER_DECLARE(glmvoicetokenize);
 
@@ -17,6 +18,7 @@ static gboolean plugin_init(GstPlugin* plugin) {
   glmvoice::gst::install_log_bridge();
   gboolean ok = TRUE;
   // ELEMENT-REGISTRATIONS (keep this marker)
+  ok &= GST_ELEMENT_REGISTER(glmvoicedecode, plugin);
   ok &= GST_ELEMENT_REGISTER(glmvoicellm, plugin);
   ok &= GST_ELEMENT_REGISTER(glmvoicetokenize, plugin);
   (void)plugin;

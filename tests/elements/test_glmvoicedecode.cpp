@@ -1,0 +1,358 @@
+// GstHarness tests of glmvoicedecode on the tiny decoder from glmvoice-mkmodel (vocab 64).
+// Most tests run one Euler step without CFG (n-timesteps=1 cfg-rate=0): the element logic does
+// not depend on the solver, and the lib tests cover it.
+#include <gst/check/gstharness.h>
+#include <gst/gst.h>
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "glmvoice_caps.h"
+#include "glmvoice_events.h"
+#include "test_support.h"
+#include "voice/decoder_model.h"
+
+namespace {
+
+class GstEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { gst_init(nullptr, nullptr); }
+};
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+
+constexpr const char* kTokenCaps = "audio/x-glm-speech-tokens, framerate=(fraction)25/2, codebook-size=(int)64";
+constexpr GstClockTime kToken = GST_SECOND * 2 / 25;
+constexpr const char* kFast = " n-timesteps=1 cfg-rate=0";
+
+std::string model_dir() { return glmvoice::test::tiny_model_dir("decoder"); }
+
+std::shared_ptr<const glmvoice::voice::DecoderModel> model() {
+  static auto m = glmvoice::voice::DecoderModel::load({model_dir(), c10::Device(c10::kCPU), c10::kFloat});
+  return m;
+}
+
+glmvoice::voice::StreamOptions fast_options() {
+  glmvoice::voice::StreamOptions so;
+  so.n_timesteps = 1;
+  so.cfg_rate = 0;
+  return so;
+}
+
+std::vector<int32_t> random_ids(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % 64);
+  return ids;
+}
+
+// The lib's streaming result for one response (tokens pushed one by one, then finish).
+std::vector<float> lib_stream(const std::vector<int32_t>& ids) {
+  glmvoice::voice::DecoderState state(model(), fast_options());
+  std::vector<float> out;
+  auto append = [&](const at::Tensor& a) {
+    out.insert(out.end(), a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
+  };
+  for (int32_t id : ids) append(state.push(&id, 1));
+  append(state.finish());
+  return out;
+}
+
+struct Recorder {
+  std::vector<std::string> items;
+  static GstPadProbeReturn probe(GstPad*, GstPadProbeInfo* info, gpointer data) {
+    auto* self = static_cast<Recorder*>(data);
+    if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_BUFFER) {
+      self->items.push_back("buffer");
+    } else if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM) {
+      GstEvent* event = GST_PAD_PROBE_INFO_EVENT(info);
+      self->items.push_back(gst_glm_voice_event_is_end_of_response(event) ? "end-of-response"
+                                                                          : GST_EVENT_TYPE_NAME(event));
+    }
+    return GST_PAD_PROBE_OK;
+  }
+};
+
+struct Harness {
+  GstHarness* h = nullptr;
+  GstBus* bus = nullptr;
+  Recorder recorder;
+  GstClockTime next_pts = 0;
+
+  explicit Harness(const std::string& props = kFast, const char* caps = kTokenCaps) {
+    const std::string launch = "glmvoicedecode model-path=\"" + model_dir() + "\" device=cpu " + props;
+    h = gst_harness_new_parse(launch.c_str());
+    bus = gst_bus_new();
+    gst_element_set_bus(h->element, bus);
+    GstPad* src = gst_element_get_static_pad(h->element, "src");
+    gst_pad_add_probe(src, GstPadProbeType(GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM),
+                      Recorder::probe, &recorder, nullptr);
+    gst_object_unref(src);
+    gst_harness_set_src_caps_str(h, caps);
+  }
+  ~Harness() {
+    gst_harness_teardown(h);
+    gst_object_unref(bus);
+  }
+
+  GstFlowReturn push(const std::vector<int32_t>& ids) {
+    GstBuffer* b = gst_glm_voice_tokens_buffer_new(ids.data(), ids.size());
+    GST_BUFFER_PTS(b) = next_pts;
+    GST_BUFFER_DURATION(b) = ids.size() * kToken;
+    next_pts += ids.size() * kToken;
+    return gst_harness_push(h, b);
+  }
+  GstFlowReturn push_one_by_one(const std::vector<int32_t>& ids) {
+    for (int32_t id : ids) {
+      const GstFlowReturn r = push({id});
+      if (r != GST_FLOW_OK) return r;
+    }
+    return GST_FLOW_OK;
+  }
+  void end_of_response() { gst_harness_push_event(h, gst_glm_voice_event_new_end_of_response("stop-token")); }
+  void eos() { gst_harness_push_event(h, gst_event_new_eos()); }
+
+  // All audio received so far (buffers pulled); `buffers` gets each one.
+  std::vector<float> pull_all(std::vector<GstBuffer*>* buffers = nullptr) {
+    std::vector<float> out;
+    while (GstBuffer* b = gst_harness_try_pull(h)) {
+      GstMapInfo map;
+      gst_buffer_map(b, &map, GST_MAP_READ);
+      const float* f = reinterpret_cast<const float*>(map.data);
+      out.insert(out.end(), f, f + map.size / sizeof(float));
+      gst_buffer_unmap(b, &map);
+      if (buffers) buffers->push_back(b);
+      else gst_buffer_unref(b);
+    }
+    return out;
+  }
+  GstMessage* error() { return gst_bus_pop_filtered(bus, GST_MESSAGE_ERROR); }
+};
+
+TEST(GlmVoiceDecode, test_one_by_one_equals_all_at_once) {
+  const std::vector<int32_t> ids = random_ids(60, 1);
+  Harness a, b;
+  ASSERT_EQ(a.push_one_by_one(ids), GST_FLOW_OK);
+  a.eos();
+  ASSERT_EQ(b.push(ids), GST_FLOW_OK);
+  b.eos();
+  const std::vector<float> xa = a.pull_all(), xb = b.pull_all();
+  EXPECT_EQ(xa.size(), 35072u + (413u - 138u + 1u) * 256u);  // 25, then the final 35: mel_len(60) = 413
+  EXPECT_EQ(xa, xb);
+  EXPECT_EQ(xa, lib_stream(ids));
+}
+
+TEST(GlmVoiceDecode, test_end_of_response_then_second_response) {
+  const std::vector<int32_t> first = random_ids(30, 2), second = random_ids(26, 3);
+  Harness t;
+  ASSERT_EQ(t.push_one_by_one(first), GST_FLOW_OK);
+  t.end_of_response();
+  const std::vector<float> x1 = t.pull_all();
+  EXPECT_EQ(x1, lib_stream(first));
+  ASSERT_FALSE(t.recorder.items.empty());
+  EXPECT_EQ(t.recorder.items.back(), "end-of-response");
+  EXPECT_EQ(t.recorder.items[t.recorder.items.size() - 2], "buffer") << "final audio before the event";
+  ASSERT_EQ(t.push_one_by_one(second), GST_FLOW_OK);
+  t.eos();
+  EXPECT_EQ(t.pull_all(), lib_stream(second)) << "the second response starts from a fresh state";
+}
+
+TEST(GlmVoiceDecode, test_flush_drops_pending) {
+  const std::vector<int32_t> dropped = random_ids(20, 4), kept = random_ids(25, 5);
+  Harness t;
+  ASSERT_EQ(t.push(dropped), GST_FLOW_OK);
+  EXPECT_TRUE(t.pull_all().empty());
+  gst_harness_push_event(t.h, gst_event_new_flush_start());
+  gst_harness_push_event(t.h, gst_event_new_flush_stop(TRUE));
+  GstSegment segment;
+  gst_segment_init(&segment, GST_FORMAT_TIME);
+  gst_harness_push_event(t.h, gst_event_new_segment(&segment));
+  t.next_pts = 0;
+  ASSERT_EQ(t.push(kept), GST_FLOW_OK);
+  t.eos();
+  const std::vector<float> x = t.pull_all();
+  EXPECT_EQ(x.size(), 44032u);
+  EXPECT_EQ(x, lib_stream(kept));
+}
+
+TEST(GlmVoiceDecode, test_eos_with_partial_block_emits_tail) {
+  Harness t;
+  ASSERT_EQ(t.push(random_ids(10, 6)), GST_FLOW_OK);
+  EXPECT_TRUE(t.pull_all().empty()) << "10 tokens < first block: nothing yet";
+  t.eos();
+  EXPECT_EQ(t.pull_all().size(), 68u * 256u);  // mel_len(10) = 68 frames
+}
+
+TEST(GlmVoiceDecode, test_bad_token_id_refused) {
+  Harness t;
+  EXPECT_EQ(t.push({1, 2, 64}), GST_FLOW_ERROR);
+  GstMessage* m = t.error();
+  ASSERT_NE(m, nullptr);
+  GError* err = nullptr;
+  gchar* debug = nullptr;
+  gst_message_parse_error(m, &err, &debug);
+  EXPECT_TRUE(g_error_matches(err, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE)) << err->message;
+  const std::string text = std::string(err->message) + " " + (debug ? debug : "");
+  EXPECT_NE(text.find("64"), std::string::npos) << text;
+  g_error_free(err);
+  g_free(debug);
+  gst_message_unref(m);
+}
+
+TEST(GlmVoiceDecode, test_caps_mismatch_refused) {
+  // A codebook larger than the decoder vocabulary (64) could carry ids it cannot decode.
+  const char* big = "audio/x-glm-speech-tokens, framerate=(fraction)25/2, codebook-size=(int)16384";
+  Harness t(kFast, big);
+  EXPECT_EQ(t.push({1, 2, 3}), GST_FLOW_NOT_NEGOTIATED);
+  GstPad* sink = gst_element_get_static_pad(t.h->element, "sink");
+  GstCaps* caps = gst_caps_from_string(big);
+  EXPECT_FALSE(gst_pad_query_accept_caps(sink, caps));
+  gst_caps_unref(caps);
+  caps = gst_caps_from_string("audio/x-raw, format=(string)F32LE, rate=(int)22050, channels=(int)1");
+  EXPECT_FALSE(gst_pad_query_accept_caps(sink, caps)) << "raw audio is not speech tokens";
+  gst_caps_unref(caps);
+  caps = gst_caps_from_string(kTokenCaps);
+  EXPECT_TRUE(gst_pad_query_accept_caps(sink, caps));
+  gst_caps_unref(caps);
+  gst_object_unref(sink);
+}
+
+TEST(GlmVoiceDecode, test_timestamps_contiguous) {
+  Harness t;
+  ASSERT_EQ(t.push_one_by_one(random_ids(90, 7)), GST_FLOW_OK);
+  t.eos();
+  std::vector<GstBuffer*> buffers;
+  const std::vector<float> x = t.pull_all(&buffers);
+  ASSERT_GE(buffers.size(), 3u);
+  guint64 samples = 0;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    GstBuffer* b = buffers[i];
+    const guint64 n = gst_buffer_get_size(b) / sizeof(float);
+    EXPECT_EQ(GST_BUFFER_PTS(b), gst_util_uint64_scale_int(samples, GST_SECOND, 22050)) << "buffer " << i;
+    EXPECT_EQ(GST_BUFFER_PTS(b) + GST_BUFFER_DURATION(b), gst_util_uint64_scale_int(samples + n, GST_SECOND, 22050));
+    EXPECT_EQ(GST_BUFFER_OFFSET(b), samples);
+    EXPECT_EQ(GST_BUFFER_OFFSET_END(b), samples + n);
+    EXPECT_EQ(GST_BUFFER_FLAG_IS_SET(b, GST_BUFFER_FLAG_DISCONT), i == 0);
+    samples += n;
+    gst_buffer_unref(b);
+  }
+  EXPECT_EQ(samples, x.size());
+  GstCaps* caps = gst_pad_get_current_caps(t.h->sinkpad);
+  ASSERT_NE(caps, nullptr);
+  GstStructure* s = gst_caps_get_structure(caps, 0);
+  gint rate = 0, channels = 0;
+  gst_structure_get_int(s, "rate", &rate);
+  gst_structure_get_int(s, "channels", &channels);
+  EXPECT_EQ(rate, 22050);
+  EXPECT_EQ(channels, 1);
+  EXPECT_STREQ(gst_structure_get_string(s, "format"), "F32LE");
+  gst_caps_unref(caps);
+}
+
+TEST(GlmVoiceDecode, test_latency_query) {
+  Harness t;
+  // Before any block was decoded: the first block plus the one-token lag, 26 x 80 ms.
+  EXPECT_EQ(gst_harness_query_latency(t.h), 26 * kToken);
+  ASSERT_EQ(t.push_one_by_one(random_ids(26, 8)), GST_FLOW_OK);
+  EXPECT_GT(gst_harness_query_latency(t.h), 26 * kToken) << "measured compute added";
+  Harness small("block-sizes=10,20" + std::string(kFast));
+  EXPECT_EQ(gst_harness_query_latency(small.h), 11 * kToken);
+}
+
+TEST(GlmVoiceDecode, test_properties) {
+  GstElement* e = gst_element_factory_make("glmvoicedecode", nullptr);
+  ASSERT_NE(e, nullptr);
+  gchar* blocks = nullptr;
+  guint64 seed = 0;
+  gint steps = 0;
+  g_object_get(e, "block-sizes", &blocks, "seed", &seed, "n-timesteps", &steps, nullptr);
+  EXPECT_STREQ(blocks, "25,50,100,150,200");
+  EXPECT_EQ(seed, 42u);
+  EXPECT_EQ(steps, 10);
+  g_free(blocks);
+  g_object_set(e, "block-sizes", "10, 20", "model-path", model_dir().c_str(), "device", "cpu", nullptr);
+  g_object_get(e, "block-sizes", &blocks, nullptr);
+  EXPECT_STREQ(blocks, "10,20");
+  g_free(blocks);
+  ASSERT_EQ(gst_element_set_state(e, GST_STATE_READY), GST_STATE_CHANGE_SUCCESS);
+  gdouble cfg = 0;
+  g_object_get(e, "cfg-rate", &cfg, nullptr);
+  EXPECT_DOUBLE_EQ(cfg, 0.7) << "reads back the config value once loaded";
+  gst_element_set_state(e, GST_STATE_NULL);
+  gst_object_unref(e);
+}
+
+TEST(GlmVoiceDecode, test_missing_model_posts_error) {
+  GstElement* e = gst_element_factory_make("glmvoicedecode", nullptr);
+  ASSERT_NE(e, nullptr);
+  const std::string dir = glmvoice::test::scratch_dir("decode-missing");
+  std::filesystem::copy(model_dir(), dir, std::filesystem::copy_options::recursive);
+  std::filesystem::remove(dir + "/flow.pt");
+  GstBus* bus = gst_bus_new();
+  gst_element_set_bus(e, bus);
+  g_object_set(e, "model-path", dir.c_str(), "device", "cpu", nullptr);
+  EXPECT_EQ(gst_element_set_state(e, GST_STATE_READY), GST_STATE_CHANGE_FAILURE);
+  GstMessage* m = gst_bus_pop_filtered(bus, GST_MESSAGE_ERROR);
+  ASSERT_NE(m, nullptr);
+  GError* err = nullptr;
+  gchar* debug = nullptr;
+  gst_message_parse_error(m, &err, &debug);
+  EXPECT_TRUE(g_error_matches(err, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND)) << err->message;
+  const std::string text = std::string(err->message) + " " + (debug ? debug : "");
+  EXPECT_NE(text.find("flow.pt"), std::string::npos) << text;
+  g_error_free(err);
+  g_free(debug);
+  gst_message_unref(m);
+  gst_element_set_state(e, GST_STATE_NULL);
+  gst_element_set_bus(e, nullptr);
+  gst_object_unref(bus);
+  gst_object_unref(e);
+}
+
+TEST(GlmVoiceDecode, test_pipeline_writes_wav) {
+  // tokens ! glmvoicedecode ! audioconvert ! wavenc ! filesink, driven through a harness on
+  // the bin's ghost sink pad.
+  const std::string wav = glmvoice::test::scratch_dir("decode-wav") + "/out.wav";
+  const std::string launch = "glmvoicedecode model-path=\"" + model_dir() + "\" device=cpu" + std::string(kFast) +
+                             " ! audioconvert ! audio/x-raw,format=S16LE ! wavenc ! filesink location=\"" + wav + "\"";
+  const std::vector<int32_t> ids = random_ids(40, 9);
+  {
+    GstHarness* h = gst_harness_new_parse(launch.c_str());
+    gst_harness_set_src_caps_str(h, kTokenCaps);
+    GstBuffer* b = gst_glm_voice_tokens_buffer_new(ids.data(), ids.size());
+    GST_BUFFER_PTS(b) = 0;
+    GST_BUFFER_DURATION(b) = ids.size() * kToken;
+    EXPECT_EQ(gst_harness_push(h, b), GST_FLOW_OK);
+    EXPECT_TRUE(gst_harness_push_event(h, gst_event_new_eos()));
+    gst_harness_teardown(h);
+  }
+
+  // 40 tokens: a 25-token block (one-token lag) then the final 15.
+  const size_t want = lib_stream(ids).size();
+  std::ifstream f(wav, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  ASSERT_GE(bytes.size(), 44u);
+  EXPECT_EQ(std::memcmp(bytes.data(), "RIFF", 4), 0);
+  EXPECT_EQ(std::memcmp(bytes.data() + 8, "WAVE", 4), 0);
+  // find the data chunk
+  size_t pos = 12;
+  uint32_t data_size = 0;
+  while (pos + 8 <= bytes.size()) {
+    uint32_t size;
+    std::memcpy(&size, bytes.data() + pos + 4, 4);
+    if (std::memcmp(bytes.data() + pos, "data", 4) == 0) {
+      data_size = size;
+      break;
+    }
+    pos += 8 + size;
+  }
+  EXPECT_EQ(data_size, 2 * want) << "16-bit mono samples";
+}
+
+}  // namespace
