@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,8 +27,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// finfo(float32).min: the additive mask value upstream uses (§3.3).
-constexpr double kMaskValue = -3.4028234663852886e38;
+// finfo(dtype).min: the additive mask value upstream uses (§3.3; -3.4028234663852886e38 in
+// float32).
+double mask_value(c10::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return std::numeric_limits<double>::lowest();
+    case at::kBFloat16: return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
+    case at::kHalf: return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
+    default: return static_cast<double>(std::numeric_limits<float>::lowest());
+  }
+}
 // LayerNorm eps: PyTorch default, upstream passes none (§1.2).
 constexpr double kLayerNormEps = 1e-5;
 // conv kernel 3 -> causal left padding 2 (CausalConv1d, §3.2).
@@ -402,13 +412,14 @@ at::Tensor block_causal_mask(int64_t n, int64_t block, int64_t valid, const at::
   const at::Tensor bq = idx.div(block, "floor").unsqueeze(1);
   const at::Tensor bk = idx.div(block, "floor").unsqueeze(0);
   const at::Tensor allowed = bk.le(bq).logical_and(idx.lt(valid).unsqueeze(0));
-  return at::zeros({n, n}, opts).masked_fill(allowed.logical_not(), kMaskValue);
+  return at::zeros({n, n}, opts).masked_fill(allowed.logical_not(), mask_value(opts.dtype().toScalarType()));
 }
 
 // Key-padding mask for the final block of a segment: keys >= valid masked. [Tq, Tk]
 at::Tensor key_padding_mask(int64_t tq, int64_t tk, int64_t valid, const at::TensorOptions& opts) {
   const at::Tensor key_idx = at::arange(tk, opts.dtype(at::kLong));
-  return at::zeros({tq, tk}, opts).masked_fill(key_idx.ge(valid).unsqueeze(0), kMaskValue);
+  return at::zeros({tq, tk}, opts)
+      .masked_fill(key_idx.ge(valid).unsqueeze(0), mask_value(opts.dtype().toScalarType()));
 }
 
 }  // namespace

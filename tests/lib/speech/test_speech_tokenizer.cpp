@@ -323,3 +323,36 @@ TEST(SpeechTokenizer, test_unknown_tensors_are_reported_not_fatal) {
 
 }  // namespace
 }  // namespace glmvoice::speech
+
+namespace glmvoice::speech {
+namespace {
+
+TEST(SpeechTokenizer, test_reduced_precision_runs) {
+  // bf16 / fp16 compute (meant for GPUs) must run and give ids in range; parity is not
+  // expected (spec 7.7), so only agreement with most f32 ids is checked.
+  const std::vector<float> x = test::make_clip(32000, 50, 0);
+  const auto ref = to_vec(load("mk-a")->tokenize(test::to_tensor(x)));
+  for (c10::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
+    std::shared_ptr<const TokenizerModel> model;
+    try {
+      model = load("mk-a", dtype);
+    } catch (const std::exception& e) {
+      FAIL() << c10::toString(dtype) << ": " << e.what();
+    }
+    std::vector<int64_t> ids;
+    try {
+      ids = to_vec(model->tokenize(test::to_tensor(x)));
+    } catch (const c10::Error& e) {
+      std::printf("%s not supported on this CPU build: %s\n", c10::toString(dtype), e.what_without_backtrace());
+      continue;
+    }
+    ASSERT_EQ(ids.size(), ref.size());
+    int64_t same = 0;
+    for (size_t i = 0; i < ids.size(); ++i) same += ids[i] == ref[i];
+    std::printf("%s: %lld of %zu ids equal f32\n", c10::toString(dtype), static_cast<long long>(same), ids.size());
+    EXPECT_EQ(stream(model, x, {4000}).size(), ref.size());
+  }
+}
+
+}  // namespace
+}  // namespace glmvoice::speech
