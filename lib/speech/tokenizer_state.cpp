@@ -43,6 +43,7 @@ void TokenizerState::reset() {
   tokens_emitted_ = 0;
   pooled_.clear();
   block_max_logs_.clear();
+  diagnostics_stale_ = false;
 }
 
 std::vector<int32_t> TokenizerState::push(const at::Tensor& samples) {
@@ -53,6 +54,11 @@ std::vector<int32_t> TokenizerState::push(const at::Tensor& samples) {
 
 std::vector<int32_t> TokenizerState::push(const float* samples, int64_t count) {
   c10::InferenceMode guard;
+  if (diagnostics_stale_) {
+    pooled_.clear();
+    block_max_logs_.clear();
+    diagnostics_stale_ = false;
+  }
   std::vector<int32_t> out;
   const TokenizerConfig& c = model_->config();
   const int64_t capacity = c.segment_samples();
@@ -75,7 +81,13 @@ std::vector<int32_t> TokenizerState::finish() {
   c10::InferenceMode guard;
   std::vector<int32_t> out;
   if (segment_len_ > 0) close_segment(out);
+  // keep the finished utterance's diagnostics readable until the next push
+  std::vector<at::Tensor> pooled = std::move(pooled_);
+  std::vector<double> max_logs = std::move(block_max_logs_);
   reset();
+  pooled_ = std::move(pooled);
+  block_max_logs_ = std::move(max_logs);
+  diagnostics_stale_ = true;
   return out;
 }
 

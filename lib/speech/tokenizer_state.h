@@ -55,7 +55,8 @@ class TokenizerState {
   // the utterance covers samples [g * 1280, (g + 1) * 1280).
   int64_t samples_pushed() const { return samples_before_segment_ + segment_len_; }
   int64_t tokens_emitted() const { return tokens_emitted_; }
-  // Pooled vectors of all emitted tokens [tokens, d_model] (keep_pooled only).
+  // Diagnostics of the current utterance (after finish(): of the finished one, until the
+  // next push). Pooled vectors of all emitted tokens [tokens, d_model] (keep_pooled only):
   at::Tensor pooled() const;
   // The max log10-mel used as floor reference by each processed block (utterance order).
   const std::vector<double>& block_max_logs() const { return block_max_logs_; }
@@ -83,6 +84,7 @@ class TokenizerState {
   int64_t tokens_emitted_ = 0;
   std::vector<at::Tensor> pooled_;
   std::vector<double> block_max_logs_;
+  bool diagnostics_stale_ = false;  // finish() ran: pooled_/block_max_logs_ go at the next push
 };
 
 }  // namespace glmvoice::speech

@@ -11,6 +11,7 @@
 
 #include "io/safetensors.h"
 #include "speech/tokenizer_model.h"
+#include "speech/tokenizer_state.h"
 #include "speech_test_util.h"
 #include "test_support.h"
 
@@ -67,25 +68,31 @@ struct RefOutput {
   std::vector<int64_t> ids;
 };
 
-// Scalar forward of one segment (§3.1-3.6). feats [128][T], n valid samples.
-RefOutput reference_forward(const std::string& dir, const Mat& feats, int64_t n) {
+// Scalar forward of one segment (§3.1-3.6), n valid samples. feats_per_block[b] [128][T]
+// are the features the conv frames of attention block b are computed from (one matrix for
+// the offline path; the streaming floors of §5.3 give one per block).
+RefOutput reference_forward(const std::string& dir, const std::vector<Mat>& feats_per_block, int64_t n) {
   const io::SafeTensors st = io::SafeTensors::open(dir);
   const TokenizerConfig c = TokenizerConfig::load(dir);
-  const int64_t T = feats[0].size(), D = c.d_model, C = T / 2, H = c.num_heads, hd = D / H;
-  // conv1 (causal, zero left pad 2) + GELU
+  const int64_t T = feats_per_block[0][0].size(), D = c.d_model, C = T / 2, H = c.num_heads, hd = D / H;
+  // conv1 (causal, zero left pad 2) + GELU, per distinct feature matrix
   const RefWeights w1 = get(st, "conv1.weight"), b1 = get(st, "conv1.bias");
-  Mat y1(D, std::vector<double>(T));
-  for (int64_t o = 0; o < D; ++o) {
-    for (int64_t m = 0; m < T; ++m) {
-      double s = b1.at(o);
-      for (int64_t ci = 0; ci < c.num_mel_bins; ++ci) {
-        for (int64_t k = 0; k < 3; ++k) {
-          const int64_t src = m - 2 + k;
-          if (src >= 0) s += w1.at((o * c.num_mel_bins + ci) * 3 + k) * feats[ci][src];
+  std::vector<Mat> y1s;
+  for (const Mat& feats : feats_per_block) {
+    Mat y1(D, std::vector<double>(T));
+    for (int64_t o = 0; o < D; ++o) {
+      for (int64_t m = 0; m < T; ++m) {
+        double s = b1.at(o);
+        for (int64_t ci = 0; ci < c.num_mel_bins; ++ci) {
+          for (int64_t k = 0; k < 3; ++k) {
+            const int64_t src = m - 2 + k;
+            if (src >= 0) s += w1.at((o * c.num_mel_bins + ci) * 3 + k) * feats[ci][src];
+          }
         }
+        y1[o][m] = gelu(s);
       }
-      y1[o][m] = gelu(s);
     }
+    y1s.push_back(std::move(y1));
   }
   // conv2 (causal, stride 2) + GELU, transpose, + positions
   const RefWeights w2 = get(st, "conv2.weight"), b2 = get(st, "conv2.bias");
@@ -93,6 +100,7 @@ RefOutput reference_forward(const std::string& dir, const Mat& feats, int64_t n)
   Mat h(C, std::vector<double>(D));
   for (int64_t o = 0; o < D; ++o) {
     for (int64_t i = 0; i < C; ++i) {
+      const Mat& y1 = y1s[std::min<size_t>(i / c.block_size, y1s.size() - 1)];
       double s = b2.at(o);
       for (int64_t ci = 0; ci < D; ++ci) {
         for (int64_t k = 0; k < 3; ++k) {
@@ -193,7 +201,7 @@ void check_against_reference(const std::string& config, int64_t n) {
     Mat fm(fd.size(0), std::vector<double>(fd.size(1)));
     for (int64_t i = 0; i < fd.size(0); ++i)
       for (int64_t j = 0; j < fd.size(1); ++j) fm[i][j] = fd[i][j].item<double>();
-    const RefOutput ref = reference_forward(dir, fm, n);
+    const RefOutput ref = reference_forward(dir, {fm}, n);
     const TokenizerSegmentOutput got = model->forward_segment(feats, n);
     ASSERT_EQ(got.pooled.size(0), static_cast<int64_t>(ref.pooled.size()));
     at::Tensor ref_t = at::empty({static_cast<int64_t>(ref.pooled.size()), model->config().d_model}, at::kDouble);
@@ -216,6 +224,50 @@ TEST(SpeechReference, test_last_token_padding_semantics) {
   // tokens, the second almost all padding.
   check_against_reference("mk-a", 16000);
   check_against_reference("mk-a", 1281);
+}
+
+Mat to_mat(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kDouble).contiguous();
+  Mat m(d.size(0), std::vector<double>(d.size(1)));
+  for (int64_t i = 0; i < d.size(0); ++i)
+    for (int64_t j = 0; j < d.size(1); ++j) m[i][j] = d.data_ptr<double>()[i * d.size(1) + j];
+  return m;
+}
+
+TEST(SpeechReference, test_streaming_floors_match_reference) {
+  // §6.3 item 8: with a louder event after the first block, streaming floors block 0 with a
+  // lower running maximum. Its pooled vectors must equal the reference computed with each
+  // block's streaming floor (and differ from the plain offline forward).
+  const std::string dir = test::tiny_model_dir("tokenizer", "mk-a");
+  ModelOptions options;
+  options.path = dir;
+  options.dtype = at::kDouble;
+  const auto model = TokenizerModel::load(options);
+  const int64_t n = 32000;
+  const std::vector<float> x = test::make_clip(n, 60, 20000);  // loud event in block 1
+  TokenizerStreamOptions stream_options;
+  stream_options.keep_pooled = true;
+  TokenizerState state(model, stream_options);
+  for (int64_t i = 0; i < n; i += 1000) state.push(x.data() + i, std::min<int64_t>(1000, n - i));
+  state.finish();
+  const std::vector<double> floors = state.block_max_logs();
+  ASSERT_EQ(floors.size(), 3u);
+  EXPECT_LT(floors[0], floors[1]) << "the event must raise the floor after block 0";
+  const at::Tensor lg = log_mel_raw(test::to_tensor(x).to(at::kDouble),
+                                    mel_filterbank(128, 400, 16000).to(at::kFloat).to(at::kDouble), 400, 160);
+  std::vector<Mat> feats;
+  for (double m : floors) feats.push_back(to_mat(log_mel_normalize(lg, m)));
+  const RefOutput ref = reference_forward(dir, feats, n);
+  const at::Tensor got = state.pooled();
+  ASSERT_EQ(got.size(0), static_cast<int64_t>(ref.pooled.size()));
+  double err = 0;
+  for (int64_t i = 0; i < got.size(0); ++i)
+    for (int64_t d = 0; d < got.size(1); ++d) err = std::max(err, std::abs(got[i][d].item<double>() - ref.pooled[i][d]));
+  std::printf("streaming with per-block floors vs reference: max abs err %.3g\n", err);
+  EXPECT_LT(err, 1e-9);
+  const auto offline = model->forward_segment(model->segment_features(test::to_tensor(x), n), n);
+  EXPECT_GT((offline.pooled.slice(0, 0, 10) - got.slice(0, 0, 10)).abs().max().item<double>(), 1e-6)
+      << "block 0 sees a lower floor while streaming";
 }
 
 TEST(SpeechReference, test_post_pool_layer_matches_reference) { check_against_reference("mk-c", 16000); }
