@@ -42,14 +42,16 @@
  * tokens/s with the 13/26 interleave): the real 9B model needs a GPU for that. The latency
  * query adds nothing of its own (the answer's timeline starts when the turn ends).
  *
- * Both src pads are pushed from one task: like a demuxer's, each needs a `queue` after it
- * when both lead to sinks (otherwise the first sink to preroll blocks the other).
+ * Threads: generation runs on the task of `src` (one token per iteration, so FLUSH and
+ * barge-in act within a token); `text_src` is pushed from its own task through an internal
+ * queue, so a text branch that blocks (e.g. a sink waiting for preroll) never stalls the
+ * speech branch: no `queue` is needed after either src pad.
  *
  * ## Example launch line
  * |[
  * gst-launch-1.0 -m filesrc location=question.wav ! decodebin ! audioconvert ! audioresample ! \
  *     glmvoicetokenize model-path=TOKDIR ! glmvoicellm name=llm model-path=LLMDIR ! \
- *     queue ! fakesink dump=true  llm.text_src ! queue ! fakesink dump=true
+ *     fakesink dump=true  llm.text_src ! fakesink dump=true
  * ]|
  * (run with the mk-a tokenizer and the tiny-script LLM of glmvoice-mkmodel on
  * ../shared/fixtures/common/inputs/en.wav, CPU: text "Hi的 world", tokens 3 4, then the
@@ -58,8 +60,6 @@
  */
 
 #include "gstglmvoicellm.h"
-
-#include <gst/base/gstflowcombiner.h>
 
 #include <atomic>
 #include <chrono>
@@ -170,7 +170,6 @@ struct GstGlmVoiceLlmImpl {
   // Generation: owned by the src pad task (and by FLUSH_STOP / state changes while the task
   // is paused or stopped, under the src pad's stream lock).
   std::unique_ptr<glmvoice::llm::ChatState> chat;
-  GstFlowCombiner* combiner = nullptr;
   bool need_stream_start = true, need_segment = true, discont = true;
   GstClockTime next_out = 0;        // end of the last answer on the output timeline
   GstClockTime response_start = 0;  // PTS of the current answer's first speech token
@@ -179,7 +178,15 @@ struct GstGlmVoiceLlmImpl {
   int64_t turn_count = 0;
   std::chrono::steady_clock::time_point turn_t0;
   double prefill_ms = 0;
-  std::string pending_text;  // text not yet pushed (flushed at each step)
+
+  // text_src output: buffers and events queued in order and pushed by the text_src pad's own
+  // task, so a text branch that blocks (a sink waiting for preroll) never stalls generation
+  // and the speech branch needs no queue. Protected by text_mutex.
+  std::mutex text_mutex;
+  std::condition_variable text_cond;
+  std::deque<GstMiniObject*> text_queue;
+  bool text_flushing = true;
+  GstFlowReturn text_flow = GST_FLOW_OK;  // last fatal flow of the text branch
 };
 
 #define gst_glm_voice_llm_parent_class parent_class
@@ -200,7 +207,10 @@ static gboolean gst_glm_voice_llm_src_activate_mode(GstPad* pad, GstObject* pare
                                                     gboolean active);
 static GstFlowReturn gst_glm_voice_llm_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer);
 static GstFlowReturn gst_glm_voice_llm_text_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer);
+static gboolean gst_glm_voice_llm_text_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
+                                                         gboolean active);
 static void gst_glm_voice_llm_loop(gpointer user_data);
+static void gst_glm_voice_llm_text_loop(gpointer user_data);
 
 static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
   GObjectClass* gobject_class = G_OBJECT_CLASS(klass);
@@ -314,7 +324,6 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
 
 static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
   self->impl = new GstGlmVoiceLlmImpl();
-  self->impl->combiner = gst_flow_combiner_new();
 
   self->sinkpad = gst_pad_new_from_static_template(&sink_template, "sink");
   gst_pad_set_chain_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_chain));
@@ -328,17 +337,15 @@ static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
   gst_element_add_pad(GST_ELEMENT(self), self->srcpad);
 
   self->textsrcpad = gst_pad_new_from_static_template(&text_src_template, "text_src");
+  gst_pad_set_activatemode_function(self->textsrcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_text_src_activate_mode));
   gst_pad_use_fixed_caps(self->textsrcpad);
   gst_element_add_pad(GST_ELEMENT(self), self->textsrcpad);
 
   self->textsinkpad = nullptr;
-  gst_flow_combiner_add_pad(self->impl->combiner, self->srcpad);
-  gst_flow_combiner_add_pad(self->impl->combiner, self->textsrcpad);
 }
 
 static void gst_glm_voice_llm_finalize(GObject* object) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(object);
-  gst_flow_combiner_free(self->impl->combiner);
   delete self->impl;
   self->impl = nullptr;
   G_OBJECT_CLASS(parent_class)->finalize(object);
@@ -441,7 +448,6 @@ static void reset_output(GstGlmVoiceLlmImpl* impl) {
   impl->next_out = 0;
   impl->speech_index = 0;
   impl->token_offset = 0;
-  impl->pending_text.clear();
 }
 
 static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, GstStateChange transition) {
@@ -469,7 +475,6 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       impl->need_stream_start = true;
       impl->turn_count = 0;
       reset_output(impl);
-      gst_flow_combiner_reset(impl->combiner);
       break;
     }
     default:
@@ -535,6 +540,69 @@ static void gst_glm_voice_llm_release_pad(GstElement* element, GstPad* pad) {
   GST_OBJECT_UNLOCK(self);
   gst_pad_set_active(pad, FALSE);
   gst_element_remove_pad(element, pad);
+}
+
+/* ---- text output queue -------------------------------------------------------------- */
+
+static void text_set_flushing(GstGlmVoiceLlmImpl* impl, bool flushing) {
+  std::lock_guard<std::mutex> lock(impl->text_mutex);
+  impl->text_flushing = flushing;
+  for (GstMiniObject* obj : impl->text_queue) gst_mini_object_unref(obj);
+  impl->text_queue.clear();
+  if (!flushing) impl->text_flow = GST_FLOW_OK;
+  impl->text_cond.notify_all();
+}
+
+// Queues a buffer or event for text_src (takes ownership). Returns the text branch's last
+// fatal flow (GST_FLOW_OK if none).
+static GstFlowReturn text_enqueue(GstGlmVoiceLlmImpl* impl, GstMiniObject* obj) {
+  std::lock_guard<std::mutex> lock(impl->text_mutex);
+  if (impl->text_flushing) {
+    gst_mini_object_unref(obj);
+    return GST_FLOW_OK;
+  }
+  impl->text_queue.push_back(obj);
+  impl->text_cond.notify_all();
+  return impl->text_flow;
+}
+
+static void gst_glm_voice_llm_text_loop(gpointer user_data) {
+  GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(user_data);
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  GstMiniObject* obj = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(impl->text_mutex);
+    impl->text_cond.wait(lock, [&] { return impl->text_flushing || !impl->text_queue.empty(); });
+    if (impl->text_flushing) {
+      lock.unlock();
+      gst_pad_pause_task(self->textsrcpad);
+      return;
+    }
+    obj = impl->text_queue.front();
+    impl->text_queue.pop_front();
+  }
+  if (GST_IS_BUFFER(obj)) {
+    const GstFlowReturn ret = gst_pad_push(self->textsrcpad, GST_BUFFER(obj));
+    // An unlinked text pad is fine; fatal flows (not-negotiated, error) stop the element.
+    if (ret < GST_FLOW_EOS && ret != GST_FLOW_NOT_LINKED) {
+      std::lock_guard<std::mutex> lock(impl->text_mutex);
+      impl->text_flow = ret;
+    }
+  } else {
+    gst_pad_push_event(self->textsrcpad, GST_EVENT(obj));
+  }
+}
+
+static gboolean gst_glm_voice_llm_text_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
+                                                         gboolean active) {
+  GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
+  if (mode != GST_PAD_MODE_PUSH) return FALSE;
+  if (active) {
+    text_set_flushing(self->impl, false);
+    return gst_pad_start_task(pad, gst_glm_voice_llm_text_loop, self, nullptr);
+  }
+  text_set_flushing(self->impl, true);
+  return gst_pad_stop_task(pad);
 }
 
 /* ---- input side -------------------------------------------------------------------- */
@@ -712,8 +780,10 @@ static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, Gst
         impl->srcresult = GST_FLOW_FLUSHING;
         impl->cond.notify_all();
       }
+      text_set_flushing(impl, true);
       gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
       gst_pad_push_event(self->srcpad, event);
+      gst_pad_pause_task(self->textsrcpad);
       gst_pad_pause_task(self->srcpad);  // waits for the current token to finish
       GST_DEBUG_OBJECT(self, "flush start: generation paused");
       return TRUE;
@@ -724,8 +794,9 @@ static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, Gst
       GST_PAD_STREAM_LOCK(self->srcpad);
       if (impl->chat && impl->chat->in_turn()) impl->chat->cancel();  // history keeps the generated part
       reset_output(impl);
-      gst_flow_combiner_reset(impl->combiner);
       GST_PAD_STREAM_UNLOCK(self->srcpad);
+      text_set_flushing(impl, false);
+      gst_pad_start_task(self->textsrcpad, gst_glm_voice_llm_text_loop, self, nullptr);
       {
         std::lock_guard<std::mutex> lock(impl->mutex);
         impl->speech.clear();
@@ -801,14 +872,18 @@ static void push_sticky_events(GstGlmVoiceLlm* self) {
       gchar* id = g_strdup_printf("%08x%08x/%s", r1, r2, pad == self->srcpad ? "speech" : "text");
       GstEvent* ev = gst_event_new_stream_start(id);
       gst_event_set_group_id(ev, group);
-      gst_pad_push_event(pad, ev);
+      if (pad == self->srcpad) {
+        gst_pad_push_event(pad, ev);
+      } else {
+        text_enqueue(impl, GST_MINI_OBJECT_CAST(ev));
+      }
       g_free(id);
     }
     GstCaps* caps = gst_glm_voice_tokens_caps_new(static_cast<gint>(impl->chat->model().tokenizer().n_audio()));
     gst_pad_push_event(self->srcpad, gst_event_new_caps(caps));
     gst_caps_unref(caps);
     caps = gst_caps_from_string(GST_GLM_VOICE_TEXT_CAPS);
-    gst_pad_push_event(self->textsrcpad, gst_event_new_caps(caps));
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_caps(caps)));
     gst_caps_unref(caps);
     impl->need_stream_start = false;
   }
@@ -816,7 +891,7 @@ static void push_sticky_events(GstGlmVoiceLlm* self) {
     GstSegment segment;
     gst_segment_init(&segment, GST_FORMAT_TIME);
     gst_pad_push_event(self->srcpad, gst_event_new_segment(&segment));
-    gst_pad_push_event(self->textsrcpad, gst_event_new_segment(&segment));
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_segment(&segment)));
     impl->need_segment = false;
   }
 }
@@ -826,8 +901,7 @@ static GstFlowReturn push_text(GstGlmVoiceLlm* self, const std::string& text) {
   if (text.empty()) return GST_FLOW_OK;
   GstBuffer* buf = gst_buffer_new_memdup(text.data(), text.size());
   GST_BUFFER_PTS(buf) = impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
-  const GstFlowReturn ret = gst_pad_push(self->textsrcpad, buf);
-  return gst_flow_combiner_update_pad_flow(impl->combiner, self->textsrcpad, ret);
+  return text_enqueue(impl, GST_MINI_OBJECT_CAST(buf));
 }
 
 static GstFlowReturn push_speech_token(GstGlmVoiceLlm* self, int64_t token) {
@@ -845,7 +919,9 @@ static GstFlowReturn push_speech_token(GstGlmVoiceLlm* self, int64_t token) {
   ++impl->speech_index;
   ++impl->token_offset;
   const GstFlowReturn ret = gst_pad_push(self->srcpad, buf);
-  return gst_flow_combiner_update_pad_flow(impl->combiner, self->srcpad, ret);
+  // Text-only use: an unlinked speech pad is fine while text_src is linked.
+  if (ret == GST_FLOW_NOT_LINKED && gst_pad_is_linked(self->textsrcpad)) return GST_FLOW_OK;
+  return ret;
 }
 
 static GValue int_array(const std::vector<int64_t>& ids) {
@@ -890,7 +966,7 @@ static GstFlowReturn finish_answer(GstGlmVoiceLlm* self, const glmvoice::llm::Ch
   GstFlowReturn ret = push_text(self, end.text);
   const char* reason = glmvoice::llm::stop_reason_name(end.reason);
   gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_response(reason));
-  gst_pad_push_event(self->textsrcpad, gst_glm_voice_event_new_end_of_response(reason));
+  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_glm_voice_event_new_end_of_response(reason)));
   post_turn_message(self, end);
   impl->next_out = impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
   return ret;
@@ -908,7 +984,7 @@ static void pause_on_flow(GstGlmVoiceLlm* self, GstFlowReturn ret) {
   if (ret == GST_FLOW_NOT_LINKED || ret < GST_FLOW_EOS) {
     GST_ELEMENT_FLOW_ERROR(self, ret);
     gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    gst_pad_push_event(self->textsrcpad, gst_event_new_eos());
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
   }
 }
 
@@ -952,7 +1028,7 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
   if (eos) {
     GST_DEBUG_OBJECT(self, "all input done: EOS");
     gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    gst_pad_push_event(self->textsrcpad, gst_event_new_eos());
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
     pause_on_flow(self, GST_FLOW_EOS);
     return;
   }
@@ -1010,7 +1086,7 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
       impl->srcresult = GST_FLOW_ERROR;
     }
     gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    gst_pad_push_event(self->textsrcpad, gst_event_new_eos());
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
     gst_pad_pause_task(self->srcpad);
     return;
   }
