@@ -30,7 +30,7 @@
  * drops the interrupted answer and any pending input (the history keeps what was generated;
  * use the `reset-history` action signal to forget it).
  *
- * Messages: after each turn an element message `GstGlmVoiceLlmTurn` with `input-ids` and
+ * Messages: after each turn an element message `glmvoicellm-turn` with `input-ids` and
  * `completion-ids` (arrays of int), `text` (the full transcript of the answer), `reason`,
  * `prompt-tokens`, `generated-tokens`, `speech-tokens`, `prefill-ms`, `decode-ms-per-token`
  * (the reference web demo's debug view).
@@ -55,7 +55,7 @@
  * ]|
  * (run with the mk-a tokenizer and the tiny-script LLM of glmvoice-mkmodel on
  * ../shared/fixtures/common/inputs/en.wav, CPU: text "Hi的 world", tokens 3 4, then the
- * GstGlmVoiceLlmTurn message and EOS.) With the decoder: `llm. ! queue ! glmvoicedecode !
+ * glmvoicellm-turn message and EOS.) With the decoder: `llm. ! glmvoicedecode !
  * audioconvert ! autoaudiosink`.
  */
 
@@ -97,7 +97,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define DEFAULT_BARGE_IN FALSE
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-9b"
-#define TURN_MESSAGE_NAME "GstGlmVoiceLlmTurn"
+#define TURN_MESSAGE_NAME "glmvoicellm-turn"
 
 enum {
   PROP_0,

@@ -120,12 +120,12 @@ std::string join(const std::vector<std::string>& v) {
 
 bool valid_utf8(const std::string& s) { return g_utf8_validate(s.data(), static_cast<gssize>(s.size()), nullptr); }
 
-// Next element message `GstGlmVoiceLlmTurn` (caller unrefs), or NULL.
+// Next element message `glmvoicellm-turn` (caller unrefs), or NULL.
 GstMessage* wait_turn_message(GstBus* bus) {
   for (;;) {
     GstMessage* m = gst_bus_timed_pop_filtered(bus, 10 * GST_SECOND, GST_MESSAGE_ELEMENT);
     if (!m) return nullptr;
-    if (gst_structure_has_name(gst_message_get_structure(m), "GstGlmVoiceLlmTurn")) return m;
+    if (gst_structure_has_name(gst_message_get_structure(m), "glmvoicellm-turn")) return m;
     gst_message_unref(m);
   }
 }
