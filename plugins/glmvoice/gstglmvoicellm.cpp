@@ -95,6 +95,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define DEFAULT_INSTRUCTION ""
 #define DEFAULT_KEEP_HISTORY TRUE
 #define DEFAULT_BARGE_IN FALSE
+#define DEFAULT_TEXT_SEGMENTS FALSE
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-9b"
 #define TURN_MESSAGE_NAME "glmvoicellm-turn"
@@ -113,6 +114,7 @@ enum {
   PROP_INSTRUCTION,
   PROP_KEEP_HISTORY,
   PROP_BARGE_IN,
+  PROP_TEXT_SEGMENTS,
 };
 
 enum { SIGNAL_RESET_HISTORY, LAST_SIGNAL };
@@ -150,6 +152,7 @@ struct GstGlmVoiceLlmImpl {
   std::string instruction = DEFAULT_INSTRUCTION;
   gboolean keep_history = DEFAULT_KEEP_HISTORY;
   gboolean barge_in = DEFAULT_BARGE_IN;
+  gboolean text_segments = DEFAULT_TEXT_SEGMENTS;
 
   // Set at NULL->READY, dropped at READY->NULL (object lock for the pointer).
   std::shared_ptr<const glmvoice::llm::LlmModel> model;
@@ -176,6 +179,8 @@ struct GstGlmVoiceLlmImpl {
   int64_t speech_index = 0;         // speech tokens of the current answer so far
   guint64 token_offset = 0;         // speech tokens pushed since start / flush
   int64_t turn_count = 0;
+  bool segment_mode = false;   // text-segments, copied per turn
+  std::string text_accum;      // text-segments mode: text of the current segment
   std::chrono::steady_clock::time_point turn_t0;
   double prefill_ms = 0;
 
@@ -302,6 +307,18 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
                                                        DEFAULT_BARGE_IN, playing));
 
   /**
+   * GstGlmVoiceLlm:text-segments:
+   * FALSE: push every completed character run as soon as its token is sampled. TRUE: push
+   * the text of a whole segment (the ~13 tokens between two runs of speech tokens) when the
+   * next speech token arrives (spec llm.md §6.6).
+   */
+  g_object_class_install_property(gobject_class, PROP_TEXT_SEGMENTS,
+                                  g_param_spec_boolean("text-segments", "Text segments",
+                                                       "Push text per segment (at the next speech token) "
+                                                       "instead of per token",
+                                                       DEFAULT_TEXT_SEGMENTS, playing));
+
+  /**
    * GstGlmVoiceLlm::reset-history:
    * Action signal: forget the conversation; applied before the next turn starts.
    */
@@ -372,6 +389,7 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     case PROP_INSTRUCTION: impl->instruction = str(""); break;
     case PROP_KEEP_HISTORY: impl->keep_history = g_value_get_boolean(value); break;
     case PROP_BARGE_IN: impl->barge_in = g_value_get_boolean(value); break;
+    case PROP_TEXT_SEGMENTS: impl->text_segments = g_value_get_boolean(value); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -397,6 +415,7 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
     case PROP_INSTRUCTION: g_value_set_string(value, impl->instruction.c_str()); break;
     case PROP_KEEP_HISTORY: g_value_set_boolean(value, impl->keep_history); break;
     case PROP_BARGE_IN: g_value_set_boolean(value, impl->barge_in); break;
+    case PROP_TEXT_SEGMENTS: g_value_set_boolean(value, impl->text_segments); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -448,6 +467,7 @@ static void reset_output(GstGlmVoiceLlmImpl* impl) {
   impl->next_out = 0;
   impl->speech_index = 0;
   impl->token_offset = 0;
+  impl->text_accum.clear();
 }
 
 static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, GstStateChange transition) {
@@ -963,7 +983,8 @@ static void post_turn_message(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEve
 // Handles the end of an answer: remaining text, end-of-response on both pads, bus message.
 static GstFlowReturn finish_answer(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEvent& end) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  GstFlowReturn ret = push_text(self, end.text);
+  GstFlowReturn ret = push_text(self, impl->text_accum + end.text);
+  impl->text_accum.clear();
   const char* reason = glmvoice::llm::stop_reason_name(end.reason);
   gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_response(reason));
   text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_glm_voice_event_new_end_of_response(reason)));
@@ -1045,6 +1066,7 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
       o.max_new_tokens = impl->max_new_tokens;
       o.system_prompt = impl->system_prompt;
       o.keep_history = impl->keep_history;
+      impl->segment_mode = impl->text_segments;
       GST_OBJECT_UNLOCK(self);
       try {
         chat.begin_turn(next.turn);
@@ -1072,8 +1094,18 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - impl->turn_t0).count();
     }
     switch (ev.kind) {
-      case glmvoice::llm::ChatEvent::kAudio: ret = push_speech_token(self, ev.speech_token); break;
-      case glmvoice::llm::ChatEvent::kText: ret = push_text(self, ev.text); break;
+      case glmvoice::llm::ChatEvent::kAudio:
+        ret = push_text(self, impl->text_accum);  // text-segments mode: the segment before this token
+        impl->text_accum.clear();
+        if (ret == GST_FLOW_OK) ret = push_speech_token(self, ev.speech_token);
+        break;
+      case glmvoice::llm::ChatEvent::kText:
+        if (impl->segment_mode) {
+          impl->text_accum += ev.text;
+        } else {
+          ret = push_text(self, ev.text);
+        }
+        break;
       case glmvoice::llm::ChatEvent::kOther: break;
       case glmvoice::llm::ChatEvent::kEnd: ret = finish_answer(self, ev); break;
     }

@@ -362,3 +362,13 @@ TEST(GlmVoiceLlm, test_properties) {
   g_free(sys);
   gst_object_unref(e);
 }
+
+TEST(GlmVoiceLlm, test_text_segments_mode) {
+  Llm llm("tiny-script");
+  g_object_set(llm.element, "text-segments", TRUE, NULL);
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  // "Hi" + the held E7 9A before the first speech token; the rest at the end
+  EXPECT_EQ(take_texts(llm.text), (std::vector<std::string>{"Hi", "\xE7\x9A\x84 world"}));
+}
