@@ -27,7 +27,7 @@
  * The tokens of one attention block (quantize_causal_block_size conv frames = 4.0 s, 50
  * tokens with the real model) are emitted when the first sample after the block arrives, so
  * latency = block duration (+ compute): the latency query adds `block_samples / 16000` s
- * (4.0 s) to upstream's. The block's floor (max - 8 of the log-mel, spec §4.3) is the running
+ * (4.0 s) to upstream's (30 s with #GstGlmVoiceTokenize:offline-exact). The block's floor (max - 8 of the log-mel, spec §4.3) is the running
  * maximum of the segment so far: a louder sound later in the same 30 s segment can make the
  * ids differ from the offline tokenizer (spec §5.2); at an utterance end everything equals
  * the offline path.
@@ -64,6 +64,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_tokenize_debug);
 #define DEFAULT_DTYPE "float32"
 #define DEFAULT_ENDPOINT_SILENCE_MS 0
 #define DEFAULT_SILENCE_THRESHOLD_DB -50.0
+#define DEFAULT_OFFLINE_EXACT FALSE
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-tokenizer"
 /* Input timestamps further than this from the sample count re-anchor the clock (cf.
@@ -78,6 +79,7 @@ enum {
   PROP_DTYPE,
   PROP_ENDPOINT_SILENCE_MS,
   PROP_SILENCE_THRESHOLD_DB,
+  PROP_OFFLINE_EXACT,
 };
 
 #define SINK_CAPS "audio/x-raw, format=(string)F32LE, rate=(int)16000, channels=(int)1, layout=(string)interleaved"
@@ -104,6 +106,7 @@ struct GstGlmVoiceTokenizeImpl {
   std::string dtype = DEFAULT_DTYPE;
   guint endpoint_silence_ms = DEFAULT_ENDPOINT_SILENCE_MS;
   gdouble silence_threshold_db = DEFAULT_SILENCE_THRESHOLD_DB;
+  gboolean offline_exact = DEFAULT_OFFLINE_EXACT;
 
   // Set at NULL->READY, dropped at READY->NULL (state-change thread; read by the
   // streaming thread only in PAUSED/PLAYING).
@@ -211,6 +214,19 @@ static void gst_glm_voice_tokenize_class_init(GstGlmVoiceTokenizeClass* klass) {
                           DEFAULT_SILENCE_THRESHOLD_DB,
                           (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
 
+  /**
+   * GstGlmVoiceTokenize:offline-exact:
+   * Buffer each utterance segment (up to 30 s) and tokenize it when it ends, exactly like the
+   * offline tokenizer (no running-maximum effect, spec §5.2) - for files; latency up to 30 s.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_OFFLINE_EXACT,
+      g_param_spec_boolean("offline-exact", "Offline exact",
+                           "Tokenize whole segments (<= 30 s) at their end, exactly as offline "
+                           "(latency up to 30 s)",
+                           DEFAULT_OFFLINE_EXACT,
+                           (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+
   gst_element_class_add_static_pad_template(element_class, &sink_template);
   gst_element_class_add_static_pad_template(element_class, &src_template);
   gst_element_class_set_static_metadata(
@@ -269,6 +285,9 @@ static void gst_glm_voice_tokenize_set_property(GObject* object, guint prop_id, 
     case PROP_SILENCE_THRESHOLD_DB:
       impl->silence_threshold_db = g_value_get_double(value);
       break;
+    case PROP_OFFLINE_EXACT:
+      impl->offline_exact = g_value_get_boolean(value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -300,6 +319,9 @@ static void gst_glm_voice_tokenize_get_property(GObject* object, guint prop_id, 
     case PROP_SILENCE_THRESHOLD_DB:
       g_value_set_double(value, impl->silence_threshold_db);
       break;
+    case PROP_OFFLINE_EXACT:
+      g_value_set_boolean(value, impl->offline_exact);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -311,6 +333,7 @@ static gboolean load_model(GstGlmVoiceTokenize* self) {
   GstGlmVoiceTokenizeImpl* impl = self->impl;
   GST_OBJECT_LOCK(self);
   const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
+  const bool offline_exact = impl->offline_exact;
   GST_OBJECT_UNLOCK(self);
   glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_START,
                                     "Loading the speech tokenizer");
@@ -322,8 +345,9 @@ static gboolean load_model(GstGlmVoiceTokenize* self) {
     const auto& config = model->config();
     GST_OBJECT_LOCK(self);
     impl->model = model;
-    impl->latency = gst_util_uint64_scale_int(config.block_samples(), GST_SECOND,
-                                              static_cast<gint>(config.features.sampling_rate));
+    impl->latency = gst_util_uint64_scale_int(
+        offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
+        static_cast<gint>(config.features.sampling_rate));
     GST_OBJECT_UNLOCK(self);
     GST_INFO_OBJECT(self, "tokenizer %s on %s: d_model %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
                     " layers, codebook %" G_GINT64_FORMAT ", block %" G_GINT64_FORMAT " frames",
@@ -353,8 +377,14 @@ static GstStateChangeReturn gst_glm_voice_tokenize_change_state(GstElement* elem
       GST_OBJECT_LOCK(self);
       const guint silence_ms = impl->endpoint_silence_ms;
       const gdouble threshold = impl->silence_threshold_db;
+      glmvoice::speech::TokenizerStreamOptions stream_options;
+      stream_options.offline_exact = impl->offline_exact;
+      const auto& config = impl->model->config();
+      impl->latency = gst_util_uint64_scale_int(
+          stream_options.offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
+          static_cast<gint>(config.features.sampling_rate));
       GST_OBJECT_UNLOCK(self);
-      impl->state = std::make_unique<glmvoice::speech::TokenizerState>(impl->model);
+      impl->state = std::make_unique<glmvoice::speech::TokenizerState>(impl->model, stream_options);
       impl->endpointer.reset();
       if (silence_ms > 0) {
         impl->endpointer = std::make_unique<glmvoice::speech::SilenceEndpointer>(

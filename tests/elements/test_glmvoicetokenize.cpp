@@ -319,3 +319,20 @@ TEST(GlmVoiceTokenize, test_corrupt_model_posts_error) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(GlmVoiceTokenize, test_offline_exact_property) {
+  // a loud event late in the utterance: streaming floors differ, offline-exact does not
+  const std::vector<float> x = glmvoice::test::make_clip(40000, 29, 30000);
+  Harness t("offline-exact=true");
+  t.push_all(x, 3000);
+  EXPECT_TRUE(t.pull_tokens().empty()) << "nothing before the segment ends";
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  const auto tokens = t.pull_tokens();
+  EXPECT_EQ(ids_of(tokens), offline_ids(x));
+  for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i].pts, i * kToken);
+  EXPECT_EQ(gst_harness_query_latency(t.h), 30 * GST_SECOND);
+}
+
+}  // namespace
