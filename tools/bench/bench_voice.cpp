@@ -35,6 +35,13 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// printf + flush, so progress shows when stdout is a file.
+template <class... A>
+void say(const char* fmt, A... a) {
+  std::printf(fmt, a...);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int bench_decoder(int argc, char** argv) {
@@ -49,7 +56,7 @@ int bench_decoder(int argc, char** argv) {
   if (!fs::exists(fs::path(dir) / "hift.pt")) {
     const auto t0 = Clock::now();
     voice::write_tiny_decoder(dir, "real-random", 0);
-    std::printf("wrote release-size random weights to %s in %.1f s\n", dir.c_str(), seconds_since(t0));
+    say("wrote release-size random weights to %s in %.1f s\n", dir.c_str(), seconds_since(t0));
   }
   ModelOptions options;
   options.path = dir;
@@ -57,7 +64,7 @@ int bench_decoder(int argc, char** argv) {
   options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
   auto t0 = Clock::now();
   const auto model = voice::DecoderModel::load(options);
-  std::printf("decoder benchmark: flow %lld params, HiFT %lld params, device %s, dtype %s, %d threads; load %.2f s\n",
+  say("decoder benchmark: flow %lld params, HiFT %lld params, device %s, dtype %s, %d threads; load %.2f s\n",
               static_cast<long long>(model->flow_parameters()), static_cast<long long>(model->hift_parameters()),
               options.device.str().c_str(), runtime::dtype_name(options.dtype).c_str(), at::get_num_threads(),
               seconds_since(t0));
@@ -81,7 +88,7 @@ int bench_decoder(int argc, char** argv) {
     const at::Tensor audio = state.decode_offline(ids);
     const double t = seconds_since(t0);
     const double dur = audio.numel() / rate;
-    std::printf("offline:  %lld tokens -> %.2f s of audio in %.2f s  RTF %.3f\n", static_cast<long long>(n_tokens),
+    say("offline:  %lld tokens -> %.2f s of audio in %.2f s  RTF %.3f\n", static_cast<long long>(n_tokens),
                 dur, t, t / dur);
   }
 
@@ -112,15 +119,15 @@ int bench_decoder(int argc, char** argv) {
     call_samples.push_back(tail.numel());
     samples += tail.numel();
     const double dur = samples / rate;
-    std::printf("streamed: %lld tokens -> %.2f s of audio in %.2f s  RTF %.3f (%zu calls)\n",
+    say("streamed: %lld tokens -> %.2f s of audio in %.2f s  RTF %.3f (%zu calls)\n",
                 static_cast<long long>(n_tokens), dur, total, total / dur, call_times.size());
     for (size_t k = 0; k < call_times.size(); ++k) {
-      std::printf("  call %zu: %lld samples (%.2f s) in %.2f s  RTF %.3f\n", k + 1,
+      say("  call %zu: %lld samples (%.2f s) in %.2f s  RTF %.3f\n", k + 1,
                   static_cast<long long>(call_samples[k]), call_samples[k] / rate, call_times[k],
                   call_times[k] / (call_samples[k] / rate));
     }
     if (first_audio >= 0) {
-      std::printf("time to first audio: %.2f s for the first %lld-token block (plus %lld x 80 ms of tokens)\n",
+      say("time to first audio: %.2f s for the first %lld-token block (plus %lld x 80 ms of tokens)\n",
                   first_audio, static_cast<long long>(first_block), static_cast<long long>(first_block + 1));
     }
   }
