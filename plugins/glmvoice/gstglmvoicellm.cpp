@@ -31,9 +31,9 @@
  * use the `reset-history` action signal to forget it).
  *
  * Messages: after each turn an element message `glmvoicellm-turn` with `input-ids` and
- * `completion-ids` (arrays of int), `text` (the full transcript of the answer), `reason`,
- * `prompt-tokens`, `generated-tokens`, `speech-tokens`, `prefill-ms`, `decode-ms-per-token`
- * (the reference web demo's debug view).
+ * `completion-ids` (arrays of int), `text` (string: the full transcript of the answer),
+ * `reason` (string), `turn`, `prompt-tokens`, `generated-tokens`, `speech-tokens` (int),
+ * `prefill-ms`, `decode-ms-per-token` (double): the reference web demo's debug view.
  *
  * ## Latency and live behaviour
  * Nothing comes out before the user's turn is complete; then the first token needs one
@@ -965,11 +965,11 @@ static void post_turn_message(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEve
   const double decode_ms = generated > 1 ? (total_ms - impl->prefill_ms) / static_cast<double>(generated - 1) : 0.0;
   const std::string text = chat.completion_text();
   GstStructure* s = gst_structure_new(
-      TURN_MESSAGE_NAME, "turn", G_TYPE_INT64, impl->turn_count, "text", G_TYPE_STRING, text.c_str(), "reason",
-      G_TYPE_STRING, glmvoice::llm::stop_reason_name(end.reason), "prompt-tokens", G_TYPE_INT64,
-      static_cast<gint64>(chat.prompt_ids().size()), "generated-tokens", G_TYPE_INT64, generated, "speech-tokens",
-      G_TYPE_INT64, impl->speech_index, "prefill-ms", G_TYPE_DOUBLE, impl->prefill_ms, "decode-ms-per-token",
-      G_TYPE_DOUBLE, decode_ms, NULL);
+      TURN_MESSAGE_NAME, "turn", G_TYPE_INT, static_cast<gint>(impl->turn_count), "text", G_TYPE_STRING, text.c_str(),
+      "reason", G_TYPE_STRING, glmvoice::llm::stop_reason_name(end.reason), "prompt-tokens", G_TYPE_INT,
+      static_cast<gint>(chat.prompt_ids().size()), "generated-tokens", G_TYPE_INT, static_cast<gint>(generated),
+      "speech-tokens", G_TYPE_INT, static_cast<gint>(impl->speech_index), "prefill-ms", G_TYPE_DOUBLE,
+      impl->prefill_ms, "decode-ms-per-token", G_TYPE_DOUBLE, decode_ms, NULL);
   GValue input = int_array(chat.prompt_ids()), completion = int_array(chat.completion_ids());
   gst_structure_take_value(s, "input-ids", &input);
   gst_structure_take_value(s, "completion-ids", &completion);
