@@ -28,5 +28,5 @@ static gboolean plugin_init(GstPlugin* plugin) {
 #define PACKAGE "glmvoice"
 GST_PLUGIN_DEFINE(GST_VERSION_MAJOR, GST_VERSION_MINOR, glmvoice,
                   "GLM-4-Voice spoken dialogue: speech tokenizer, LLM and speech decoder",
-                  plugin_init, GLMVOICE_VERSION, "Apache-2.0", "glmvoice",
+                  plugin_init, GLMVOICE_VERSION, "LGPL", "glmvoice",
                   "https://github.com/THUDM/GLM-4-Voice")
