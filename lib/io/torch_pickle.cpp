@@ -555,19 +555,26 @@ class PickleVm {
       // Bounds: the last element addressed must lie inside the storage.
       const int64_t limit = storage.numel();
       bool empty = false;
-      __int128 last = offset;
-      for (size_t d = 0; d < sizes.size(); ++d) {
-        if (sizes[d] == 0) empty = true;
+      for (int64_t size : sizes) empty = empty || size == 0;
+      __int128 last = offset;  // each term < 2^126; stop summing once past the storage
+      for (size_t d = 0; d < sizes.size() && last < limit; ++d) {
         last += static_cast<__int128>(sizes[d] > 0 ? sizes[d] - 1 : 0) * strides[d];
       }
       __int128 numel = 1;
-      for (int64_t s : sizes) numel = std::min<__int128>(numel * s, __int128(1) << 62);
+      for (int64_t s : sizes) {
+        numel *= s;
+        if (numel > (__int128(1) << 62)) fail("tensor size " + format_shape(sizes) + " overflows");
+      }
       if (offset < 0 || (!empty && last >= limit) || (empty && offset > limit)) {
         fail("tensor view " + format_shape(sizes) + " at offset " + std::to_string(offset) +
              " runs past its storage '" + args[0]->s + "' of " + std::to_string(limit) + " elements");
       }
       PyObj* o = make(PyObj::kTensor);
-      o->tensor = storage.as_strided(sizes, strides, offset).clone(at::MemoryFormat::Contiguous);
+      try {
+        o->tensor = storage.as_strided(sizes, strides, offset).clone(at::MemoryFormat::Contiguous);
+      } catch (const c10::Error& e) {
+        fail(std::string("cannot build tensor view: ") + e.what_without_backtrace());
+      }
       return o;
     }
     fail("'" + callable + "' cannot be called");
