@@ -34,6 +34,8 @@ std::string base64(const std::string& in) {
   return out;
 }
 
+char g_dir[64];
+
 // A scratch directory holding tokenizer.model with the 256 single-byte ranks.
 const std::string& tokenizer_dir() {
   static const std::string dir = [] {
@@ -44,6 +46,15 @@ const std::string& tokenizer_dir() {
     std::FILE* f = std::fopen((d + "/tokenizer.model").c_str(), "wb");
     for (int b = 0; b < 256; ++b) std::fprintf(f, "%s %d\n", base64(std::string(1, char(b))).c_str(), b);
     std::fclose(f);
+    std::snprintf(g_dir, sizeof(g_dir), "%s", made);
+    std::atexit([] {  // g_dir, not the std::string: that one is destroyed first
+      char path[128];
+      std::snprintf(path, sizeof(path), "%s/tokenizer.model", g_dir);
+      std::remove(path);
+      std::snprintf(path, sizeof(path), "%s/tokenizer_config.json", g_dir);
+      std::remove(path);
+      ::rmdir(g_dir);
+    });
     return d;
   }();
   return dir;
