@@ -20,8 +20,10 @@
  * Events sent: at EOS the partial attention block is flushed, its tokens pushed, then the
  * custom downstream event end-of-turn (GstGlmVoiceEndOfTurn), then EOS. With
  * #GstGlmVoiceTokenize:endpoint-silence-ms > 0 the same flush + end-of-turn happens after that
- * much trailing silence, and the next samples start a new utterance (live conversations need
- * no application code). FLUSH_STOP resets the stream state.
+ * much trailing silence; the pause that follows belongs to no turn (it is skipped until a
+ * 10 ms frame rises above #GstGlmVoiceTokenize:silence-threshold-db again, so an EOS after
+ * the pause sends no silence-only turn), and the next speech starts a new utterance (live
+ * conversations need no application code). FLUSH_STOP resets the stream state.
  *
  * ## Latency and live behaviour
  * The tokens of one attention block (quantize_causal_block_size conv frames = 4.0 s, 50
@@ -123,6 +125,10 @@ struct GstGlmVoiceTokenizeImpl {
   GstClockTime last_token_end = GST_CLOCK_TIME_NONE;
   bool discont = true;                  // mark the next output buffer DISCONT
   guint64 token_offset = 0;             // tokens pushed since start / flush
+  // After an endpoint the pause is no part of any turn: input is skipped until speech
+  // resumes, so an EOS after the pause does not make a silence-only turn.
+  bool awaiting_speech = false;
+  int64_t pause_frame_fill = 0;         // samples of the endpointer's current 10 ms frame
 
   void reset_stream() {
     if (state) state->reset();
@@ -132,6 +138,8 @@ struct GstGlmVoiceTokenizeImpl {
     last_token_end = GST_CLOCK_TIME_NONE;
     discont = true;
     token_offset = 0;
+    awaiting_speech = false;
+    pause_frame_fill = 0;
   }
 };
 
@@ -466,8 +474,10 @@ static GstFlowReturn push_tokens(GstGlmVoiceTokenize* self, const std::vector<in
 }
 
 // Ends the utterance: last partial block, its tokens, then end-of-turn.
-static GstFlowReturn finish_utterance(GstGlmVoiceTokenize* self) {
+static GstFlowReturn finish_utterance(GstGlmVoiceTokenize* self, bool at_endpoint) {
   GstGlmVoiceTokenizeImpl* impl = self->impl;
+  impl->awaiting_speech = at_endpoint;
+  impl->pause_frame_fill = 0;
   if (!impl->state || impl->state->samples_pushed() == 0) return GST_FLOW_OK;
   const int64_t first = impl->state->tokens_emitted();
   const GstClockTime end = sample_time(impl, impl->state->samples_pushed());
@@ -511,7 +521,7 @@ static gboolean gst_glm_voice_tokenize_sink_event(GstPad* pad, GstObject* parent
     }
     case GST_EVENT_EOS: {
       try {
-        finish_utterance(self);
+        finish_utterance(self, false);
       } catch (...) {
         glmvoice::gst::post_error(GST_ELEMENT(self), "Speech tokenizer failed", std::current_exception());
       }
@@ -565,6 +575,32 @@ static gboolean gst_glm_voice_tokenize_src_query(GstPad* pad, GstObject* parent,
 
 /* ---- streaming ------------------------------------------------------------------------ */
 
+static GstClockTime sample_time_offset(int64_t samples) {
+  return gst_util_uint64_scale_int(static_cast<guint64>(samples), GST_SECOND, SAMPLE_RATE);
+}
+
+// While awaiting speech after an endpoint: feeds the endpointer 10 ms frame by frame and
+// returns how many samples of `x` belong to the pause. Speech resumes at the start of the
+// first frame piece that made the endpointer see a non-silent frame (awaiting_speech is
+// then cleared and the endpointer reset, so that frame is examined again as speech).
+static int64_t skip_pause(GstGlmVoiceTokenizeImpl* impl, const float* x, int64_t n) {
+  constexpr int64_t kFrame = SAMPLE_RATE / 100;
+  int64_t scanned = 0;
+  while (scanned < n) {
+    const int64_t step = std::min(kFrame - impl->pause_frame_fill, n - scanned);
+    impl->endpointer->push(x + scanned, step);
+    impl->pause_frame_fill = (impl->pause_frame_fill + step) % kFrame;
+    if (impl->endpointer->in_speech()) {
+      impl->endpointer->reset();
+      impl->awaiting_speech = false;
+      impl->pause_frame_fill = 0;
+      return scanned;
+    }
+    scanned += step;
+  }
+  return scanned;
+}
+
 static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer) {
   (void)pad;
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
@@ -592,6 +628,16 @@ static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent
   try {
     int64_t done = 0;
     while (done < count) {
+      if (impl->awaiting_speech) {
+        const int64_t skipped = skip_pause(impl, samples + done, count - done);
+        done += skipped;
+        if (GST_CLOCK_TIME_IS_VALID(pts)) {
+          impl->next_pts = pts + sample_time_offset(done);
+        } else if (GST_CLOCK_TIME_IS_VALID(impl->next_pts)) {
+          impl->next_pts += sample_time_offset(skipped);
+        }
+        if (done >= count) break;
+      }
       // clock anchor for the first sample of this piece
       const int64_t s0 = impl->state->samples_pushed();
       GstClockTime t0 = done == 0 ? pts : GST_CLOCK_TIME_NONE;
@@ -629,7 +675,7 @@ static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent
       if (ret != GST_FLOW_OK) break;
       if (endpoint) {
         GST_DEBUG_OBJECT(self, "endpoint: trailing silence reached");
-        ret = finish_utterance(self);
+        ret = finish_utterance(self, true);
         if (ret != GST_FLOW_OK) break;
       }
     }

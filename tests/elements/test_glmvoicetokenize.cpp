@@ -204,9 +204,11 @@ TEST(GlmVoiceTokenize, test_endpointing_splits_two_utterances) {
   x.resize(a.size() + 16000, 0.0f);  // 1 s of digital silence
   x.insert(x.end(), b.begin(), b.end());
   t.push_all(x, 1600);
-  // the endpoint fires 500 ms into the silence (a's length is a multiple of 10 ms)
+  // the endpoint fires 500 ms into the silence (a's length is a multiple of 10 ms); the rest
+  // of the pause belongs to no turn: turn 2 starts where b's (loud from its first sample) does
   const int64_t e = static_cast<int64_t>(a.size()) + 8000;
-  std::vector<float> turn1(x.begin(), x.begin() + e), turn2(x.begin() + e, x.end());
+  const int64_t resume = static_cast<int64_t>(a.size()) + 16000;
+  std::vector<float> turn1(x.begin(), x.begin() + e), turn2(x.begin() + resume, x.end());
   EXPECT_EQ(t.count_items("end-of-turn"), 1);
   ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
   EXPECT_EQ(t.count_items("end-of-turn"), 2);
@@ -217,9 +219,22 @@ TEST(GlmVoiceTokenize, test_endpointing_splits_two_utterances) {
   expected.insert(expected.end(), ids2.begin(), ids2.end());
   EXPECT_EQ(ids_of(tokens), expected);
   // turn 2 restarts its token grid at its own first sample
-  const GstClockTime start2 = gst_util_uint64_scale_int(e, GST_SECOND, 16000);
+  const GstClockTime start2 = gst_util_uint64_scale_int(resume, GST_SECOND, 16000);
   EXPECT_EQ(tokens[ids1.size()].pts, start2);
   EXPECT_EQ(tokens.back().pts, start2 + (ids2.size() - 1) * kToken);
+}
+
+TEST(GlmVoiceTokenize, test_eos_after_endpointed_pause_sends_no_silent_turn) {
+  Harness t("endpoint-silence-ms=500 silence-threshold-db=-50");
+  std::vector<float> x = glmvoice::test::make_clip(24000, 29, 0);
+  const size_t speech = x.size();
+  x.resize(speech + 32000, 0.0f);  // 2 s of silence, then EOS
+  t.push_all(x, 1600);
+  EXPECT_EQ(t.count_items("end-of-turn"), 1);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  EXPECT_EQ(t.count_items("end-of-turn"), 1) << "the pause after the endpoint became a turn";
+  const std::vector<float> turn1(x.begin(), x.begin() + speech + 8000);
+  EXPECT_EQ(ids_of(t.pull_tokens()), offline_ids(turn1));
 }
 
 TEST(GlmVoiceTokenize, test_timestamp_gap_reanchors) {
