@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
   };
   const Stage stages[] = {{"tokenizer", glmvoice::tools::bench_tokenizer},
                           {"llm", glmvoice::tools::bench_llm},
-                          {"decoder", glmvoice::tools::bench_decoder}};
+                          {"decoder", glmvoice::tools::bench_decoder},
+                          {"e2e", glmvoice::tools::bench_e2e}};
   if (argc >= 2) {
     for (const auto& stage : stages) {
       if (std::strcmp(argv[1], stage.name) != 0) continue;
@@ -29,6 +30,6 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::fprintf(stderr, "usage: glmvoice-bench tokenizer|llm|decoder [options]\n");
+  std::fprintf(stderr, "usage: glmvoice-bench tokenizer|llm|decoder|e2e [options]\n");
   return 2;
 }
