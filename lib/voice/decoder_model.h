@@ -12,7 +12,6 @@
 // web_demo.py (block schedule, prompt feedback); decoder spec §5.
 #pragma once
 
-#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>

@@ -9,7 +9,6 @@
 // transformer.py}; flow matching arXiv:2210.02747; CosyVoice arXiv:2407.05407.
 #pragma once
 
-#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <vector>

@@ -6,7 +6,6 @@
 // cosyvoice/transformer/activation.py (Snake); HiFTNet arXiv:2309.09493; NSF arXiv:1904.12088.
 #pragma once
 
-#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <vector>
