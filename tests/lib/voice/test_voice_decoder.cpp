@@ -261,6 +261,30 @@ TEST(VoiceDecoder, test_unsupported_config_rejected) {
   }
 }
 
+TEST(VoiceDecoder, test_two_states_do_not_disturb_each_other) {
+  // Private generators: interleaving two streams gives each the audio it gets alone, and the
+  // global generator is left untouched.
+  const std::vector<int32_t> a_ids = random_ids(40, 64, 21), b_ids = random_ids(40, 64, 22);
+  StreamOptions sa = fast_options(), sb = fast_options();
+  sb.seed = 5;
+  DecoderState a(tiny(), sa), b(tiny(), sb), a_alone(tiny(), sa), b_alone(tiny(), sb);
+  auto [za, xa] = stream(a_alone, a_ids, 1);
+  auto [zb, xb] = stream(b_alone, b_ids, 1);
+  at::manual_seed(123);
+  const at::Tensor before = at::randn({4});
+  at::manual_seed(123);
+  std::vector<at::Tensor> pa, pb;
+  for (size_t i = 0; i < a_ids.size(); ++i) {
+    pa.push_back(a.push(&a_ids[i], 1));
+    pb.push_back(b.push(&b_ids[i], 1));
+  }
+  pa.push_back(a.finish());
+  pb.push_back(b.finish());
+  EXPECT_TRUE(at::equal(at::cat(pa, 0), xa));
+  EXPECT_TRUE(at::equal(at::cat(pb, 0), xb));
+  EXPECT_TRUE(at::equal(at::randn({4}), before)) << "the global generator was used";
+}
+
 TEST(VoiceDecoder, test_parse_block_sizes) {
   EXPECT_EQ(glmvoice::voice::parse_block_sizes("25,50, 100"), (std::vector<int64_t>{25, 50, 100}));
   EXPECT_THROW(glmvoice::voice::parse_block_sizes(""), Error);
