@@ -255,6 +255,28 @@ TEST(GlmVoiceDecode, test_timestamps_contiguous) {
   gst_caps_unref(caps);
 }
 
+TEST(GlmVoiceDecode, test_live_response_aligned_to_running_time) {
+  // The harness source answers the latency query as live and the element runs on the
+  // harness test clock: a response whose first audio is ready at running time 5 s starts at
+  // 5 s (its tokens said 0 s), so it is never late; samples then follow contiguously.
+  Harness t;
+  GstQuery* q = gst_query_new_latency();
+  ASSERT_TRUE(gst_pad_peer_query(t.h->srcpad, q) || gst_pad_query(t.h->srcpad, q));
+  gboolean live = FALSE;
+  gst_query_parse_latency(q, &live, nullptr, nullptr);
+  gst_query_unref(q);
+  if (!live) GTEST_SKIP() << "this GstHarness does not report a live source";
+  gst_harness_set_time(t.h, 5 * GST_SECOND);
+  ASSERT_EQ(t.push_one_by_one(random_ids(30, 10)), GST_FLOW_OK);
+  t.end_of_response();
+  std::vector<GstBuffer*> buffers;
+  t.pull_all(&buffers);
+  ASSERT_EQ(buffers.size(), 2u);
+  EXPECT_EQ(GST_BUFFER_PTS(buffers[0]), 5 * GST_SECOND);
+  EXPECT_EQ(GST_BUFFER_PTS(buffers[1]), GST_BUFFER_PTS(buffers[0]) + GST_BUFFER_DURATION(buffers[0]));
+  for (GstBuffer* b : buffers) gst_buffer_unref(b);
+}
+
 TEST(GlmVoiceDecode, test_latency_query) {
   Harness t;
   // Before any block was decoded: the first block plus the one-token lag, 26 x 80 ms.
