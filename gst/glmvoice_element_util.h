@@ -6,6 +6,7 @@
 #include <exception>
 #include <string>
 
+#include "glmvoice_model_cache.h"
 #include "runtime/options.h"
 
 namespace glmvoice::gst {
@@ -29,5 +30,28 @@ void install_log_bridge();
 
 // Posts GST_MESSAGE_PROGRESS (START / COMPLETE / ERROR) for a model load, code "load-model".
 void post_load_progress(GstElement* element, GstProgressType type, const std::string& text);
+
+// The NULL->READY model load every element does: options from its property values, the
+// shared copy from the model cache (or Model::load), progress START then COMPLETE. On failure
+// posts progress ERROR and the element error "Could not load the <what>: <file: key: reason>"
+// and returns nullptr. Runs on the state-change thread, never a streaming thread.
+template <class Model>
+std::shared_ptr<const Model> load_shared_model(GstElement* element, const std::string& kind,
+                                               const std::string& what, const std::string& path,
+                                               const std::string& subdir, const std::string& device,
+                                               const std::string& dtype) {
+  post_load_progress(element, GST_PROGRESS_TYPE_START, "Loading the " + what);
+  try {
+    const ModelOptions options = make_model_options(path, subdir, device, dtype);
+    auto model = model_cache_get<Model>(kind, options, [&options] { return Model::load(options); });
+    post_load_progress(element, GST_PROGRESS_TYPE_COMPLETE, "Loaded the " + what);
+    return model;
+  } catch (...) {
+    const std::string failed = "Could not load the " + what;
+    post_load_progress(element, GST_PROGRESS_TYPE_ERROR, failed);
+    post_error(element, failed.c_str(), std::current_exception());
+    return nullptr;
+  }
+}
 
 }  // namespace glmvoice::gst

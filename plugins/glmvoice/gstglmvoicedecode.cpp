@@ -340,24 +340,16 @@ static gboolean load_model(GstGlmVoiceDecode* self) {
   GST_OBJECT_LOCK(self);
   const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
   GST_OBJECT_UNLOCK(self);
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_START, "Loading the speech decoder");
-  try {
-    const glmvoice::ModelOptions options = glmvoice::gst::make_model_options(path, MODEL_SUBDIR, device, dtype);
-    auto model = glmvoice::gst::model_cache_get<glmvoice::voice::DecoderModel>(
-        "decoder", options, [&options]() { return glmvoice::voice::DecoderModel::load(options); });
-    GST_OBJECT_LOCK(self);
-    impl->model = model;
-    GST_OBJECT_UNLOCK(self);
-    GST_INFO_OBJECT(self, "decoder %s on %s: vocab %" G_GINT64_FORMAT ", flow %" G_GINT64_FORMAT
-                    " params, HiFT %" G_GINT64_FORMAT " params",
-                    options.path.c_str(), options.device.str().c_str(), model->vocab_size(),
-                    model->flow_parameters(), model->hift_parameters());
-  } catch (...) {
-    glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_ERROR, "Could not load the speech decoder");
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the speech decoder", std::current_exception());
-    return FALSE;
-  }
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_COMPLETE, "Speech decoder loaded");
+  auto model = glmvoice::gst::load_shared_model<glmvoice::voice::DecoderModel>(
+      GST_ELEMENT(self), "decoder", "speech decoder", path, MODEL_SUBDIR, device, dtype);
+  if (!model) return FALSE;
+  GST_OBJECT_LOCK(self);
+  impl->model = model;
+  GST_OBJECT_UNLOCK(self);
+  GST_INFO_OBJECT(self, "decoder %s on %s: vocab %" G_GINT64_FORMAT ", flow %" G_GINT64_FORMAT
+                  " params, HiFT %" G_GINT64_FORMAT " params",
+                  model->options().path.c_str(), model->options().device.str().c_str(), model->vocab_size(),
+                  model->flow_parameters(), model->hift_parameters());
   return TRUE;
 }
 

@@ -428,35 +428,30 @@ static gboolean load_model(GstGlmVoiceLlm* self) {
   GST_OBJECT_LOCK(self);
   const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
   GST_OBJECT_UNLOCK(self);
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_START, "Loading the language model");
-  try {
-    const glmvoice::ModelOptions options = glmvoice::gst::make_model_options(path, MODEL_SUBDIR, device, dtype);
-    auto model = glmvoice::gst::model_cache_get<glmvoice::llm::LlmModel>(
-        "llm", options, [&options]() { return glmvoice::llm::LlmModel::load(options); });
-    if (model->tokenizer().n_audio() <= 0) {
-      throw glmvoice::Error(glmvoice::ErrorCode::kMismatch, options.path, "tokenizer_config.json",
-                            "the tokenizer defines no <|audio_N|> tokens");
-    }
-    GST_OBJECT_LOCK(self);
-    impl->model = model;
-    GST_OBJECT_UNLOCK(self);
-    {
-      std::lock_guard<std::mutex> lock(impl->mutex);
-      impl->codebook = model->tokenizer().n_audio();
-    }
-    const auto& c = model->config();
-    GST_INFO_OBJECT(self,
-                    "llm %s on %s: %" G_GINT64_FORMAT " layers, hidden %" G_GINT64_FORMAT ", vocab %" G_GINT64_FORMAT
-                    ", %" G_GINT64_FORMAT " speech tokens from id %" G_GINT64_FORMAT ", context %" G_GINT64_FORMAT,
-                    options.path.c_str(), options.device.str().c_str(), c.num_layers, c.hidden_size,
-                    c.padded_vocab_size, model->tokenizer().n_audio(), model->tokenizer().audio_offset(),
-                    c.seq_length);
-  } catch (...) {
-    glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_ERROR, "Could not load the language model");
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the language model", std::current_exception());
+  auto model = glmvoice::gst::load_shared_model<glmvoice::llm::LlmModel>(
+      GST_ELEMENT(self), "llm", "language model", path, MODEL_SUBDIR, device, dtype);
+  if (!model) return FALSE;
+  if (model->tokenizer().n_audio() <= 0) {
+    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the language model",
+                              glmvoice::Error(glmvoice::ErrorCode::kMismatch, model->options().path,
+                                              "tokenizer_config.json",
+                                              "the tokenizer defines no <|audio_N|> tokens"));
     return FALSE;
   }
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_COMPLETE, "Language model loaded");
+  GST_OBJECT_LOCK(self);
+  impl->model = model;
+  GST_OBJECT_UNLOCK(self);
+  {
+    std::lock_guard<std::mutex> lock(impl->mutex);
+    impl->codebook = model->tokenizer().n_audio();
+  }
+  const auto& c = model->config();
+  GST_INFO_OBJECT(self,
+                  "llm %s on %s: %" G_GINT64_FORMAT " layers, hidden %" G_GINT64_FORMAT ", vocab %" G_GINT64_FORMAT
+                  ", %" G_GINT64_FORMAT " speech tokens from id %" G_GINT64_FORMAT ", context %" G_GINT64_FORMAT,
+                  model->options().path.c_str(), model->options().device.str().c_str(), c.num_layers,
+                  c.hidden_size, c.padded_vocab_size, model->tokenizer().n_audio(),
+                  model->tokenizer().audio_offset(), c.seq_length);
   return TRUE;
 }
 

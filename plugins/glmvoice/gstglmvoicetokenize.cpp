@@ -343,33 +343,20 @@ static gboolean load_model(GstGlmVoiceTokenize* self) {
   const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
   const bool offline_exact = impl->offline_exact;
   GST_OBJECT_UNLOCK(self);
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_START,
-                                    "Loading the speech tokenizer");
-  try {
-    const glmvoice::ModelOptions options =
-        glmvoice::gst::make_model_options(path, MODEL_SUBDIR, device, dtype);
-    auto model = glmvoice::gst::model_cache_get<glmvoice::speech::TokenizerModel>(
-        "tokenizer", options, [&options]() { return glmvoice::speech::TokenizerModel::load(options); });
-    const auto& config = model->config();
-    GST_OBJECT_LOCK(self);
-    impl->model = model;
-    impl->latency = gst_util_uint64_scale_int(
-        offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
-        static_cast<gint>(config.features.sampling_rate));
-    GST_OBJECT_UNLOCK(self);
-    GST_INFO_OBJECT(self, "tokenizer %s on %s: d_model %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
-                    " layers, codebook %" G_GINT64_FORMAT ", block %" G_GINT64_FORMAT " frames",
-                    options.path.c_str(), options.device.str().c_str(), config.d_model,
-                    config.quantize_position, config.vocab_size, config.block_size);
-  } catch (...) {
-    glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_ERROR,
-                                      "Could not load the speech tokenizer");
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the speech tokenizer",
-                              std::current_exception());
-    return FALSE;
-  }
-  glmvoice::gst::post_load_progress(GST_ELEMENT(self), GST_PROGRESS_TYPE_COMPLETE,
-                                    "Speech tokenizer loaded");
+  auto model = glmvoice::gst::load_shared_model<glmvoice::speech::TokenizerModel>(
+      GST_ELEMENT(self), "tokenizer", "speech tokenizer", path, MODEL_SUBDIR, device, dtype);
+  if (!model) return FALSE;
+  const auto& config = model->config();
+  GST_OBJECT_LOCK(self);
+  impl->model = model;
+  impl->latency = gst_util_uint64_scale_int(
+      offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
+      static_cast<gint>(config.features.sampling_rate));
+  GST_OBJECT_UNLOCK(self);
+  GST_INFO_OBJECT(self, "tokenizer %s on %s: d_model %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
+                  " layers, codebook %" G_GINT64_FORMAT ", block %" G_GINT64_FORMAT " frames",
+                  model->options().path.c_str(), model->options().device.str().c_str(), config.d_model,
+                  config.quantize_position, config.vocab_size, config.block_size);
   return TRUE;
 }
 
