@@ -527,8 +527,15 @@ static gboolean gst_glm_voice_decode_sink_event(GstPad* pad, GstObject* parent, 
     case GST_EVENT_SEGMENT: {
       const GstSegment* segment;
       gst_event_parse_segment(event, &segment);
+      if (segment->format == GST_FORMAT_BYTES) {
+        // A token stream read back from a file (filesrc): its audio starts at time 0.
+        GST_DEBUG_OBJECT(self, "BYTES segment upstream: the audio gets a TIME segment from 0");
+        gst_event_unref(event);
+        gst_segment_init(&impl->segment, GST_FORMAT_TIME);
+        return gst_pad_push_event(self->srcpad, gst_event_new_segment(&impl->segment));
+      }
       if (segment->format != GST_FORMAT_TIME) {
-        GST_ELEMENT_ERROR(self, STREAM, FORMAT, ("glmvoicedecode needs a TIME segment"),
+        GST_ELEMENT_ERROR(self, STREAM, FORMAT, ("glmvoicedecode needs a TIME (or BYTES) segment"),
                           ("got a %s segment", gst_format_get_name(segment->format)));
         gst_event_unref(event);
         return FALSE;

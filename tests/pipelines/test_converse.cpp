@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "glmvoice_model_cache.h"
+#include "io/json_config.h"
 #include "pipeline_runner.h"
 #include "runtime/options.h"
 #include "test_support.h"
@@ -279,6 +280,32 @@ TEST(RtpBridge, test_loopback_answer_arrives) {
     gst_element_set_state(p, GST_STATE_NULL);
     gst_object_unref(p);
   }
+}
+
+// Every element keeps working next to standard elements: the tokenizer fed by audiotestsrc
+// into a filesink (a token file), and that file read back by filesrc into the decoder.
+TEST(StandardElements, test_token_file_round_trip_through_the_decoder) {
+  const Models& m = tiny_models();
+  const std::string dir = glmvoice::test::scratch_dir("token-file");
+  const std::string tokens = dir + "/tokens.bin", answer = dir + "/answer.wav";
+  PipelineResult write;
+  glmvoice::test::run_pipeline("audiotestsrc num-buffers=40 samplesperbuffer=1600 wave=pink-noise ! "
+                               "audio/x-raw,rate=16000,channels=1,format=F32LE ! glmvoicetokenize model-path=\"" +
+                                   m.tokenizer + "\" ! filesink location=\"" + tokens + "\"",
+                               60, write);
+  ASSERT_TRUE(write.errors.empty()) << write.errors.front();
+  ASSERT_TRUE(write.reached_eos);
+  const int64_t n_tokens = static_cast<int64_t>(fs::file_size(tokens) / 4);
+  EXPECT_EQ(n_tokens, 50) << "4 s of audio at 12.5 tokens/s";
+  const int64_t codebook = glmvoice::io::JsonConfig::load(m.tokenizer + "/config.json").get_int("quantize_vocab_size");
+  PipelineResult read;
+  glmvoice::test::run_pipeline("filesrc location=\"" + tokens + "\" ! audio/x-glm-speech-tokens,framerate=25/2,"
+                               "codebook-size=" + std::to_string(codebook) + " ! glmvoicedecode model-path=\"" + m.decoder +
+                                   "\" ! audioconvert ! wavenc ! filesink location=\"" + answer + "\"",
+                               120, read);
+  ASSERT_TRUE(read.errors.empty()) << read.errors.front();
+  ASSERT_TRUE(read.reached_eos);
+  EXPECT_EQ(glmvoice::test::wav_samples(answer), streamed_samples(n_tokens));
 }
 
 TEST(ModelSharing, test_two_pipelines_load_each_model_once) {
