@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "io/error.h"
+#include "io/mapped_file.h"
 
 namespace fs = std::filesystem;
 
@@ -235,50 +236,6 @@ std::vector<TensorInfo> parse_safetensors_header(const uint8_t* bytes, size_t si
   if (data_start) *data_start = start;
   return out;
 }
-
-// ---- mmap -----------------------------------------------------------------
-
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) : path_(path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      const int err = errno;
-      throw Error(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kBadFile, path, "",
-                  std::string("cannot open: ") + std::strerror(err));
-    }
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw bad(path, "", "not a regular file");
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        throw bad(path, "", std::string("mmap failed: ") + std::strerror(err));
-      }
-      data_ = static_cast<const uint8_t*>(p);
-    }
-    ::close(fd);
-  }
-  ~MappedFile() {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 // ---- SafeTensors ----------------------------------------------------------
 

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "io/error.h"
+#include "io/mapped_file.h"
 #include "io/safetensors.h"  // format_shape
 
 namespace glmvoice::io {
@@ -594,46 +595,6 @@ class PickleVm {
   std::map<std::string, PyObj*> storages_;
 };
 
-// ---- mmap -------------------------------------------------------------------
-
-class Mapping {
- public:
-  explicit Mapping(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      const int err = errno;
-      throw Error(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kBadFile, path, "",
-                  std::string("cannot open: ") + std::strerror(err));
-    }
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw bad(path, "", "not a regular file");
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        throw bad(path, "", "mmap failed");
-      }
-      data_ = static_cast<const uint8_t*>(p);
-    }
-    ::close(fd);
-  }
-  ~Mapping() {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-};
-
 }  // namespace
 
 // ---- StateDict ----------------------------------------------------------------
@@ -743,7 +704,7 @@ StateDict load_torch_state_dict(const std::string& path) {
   c10::InferenceMode guard;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw Error(ErrorCode::kNotFound, path, "", "no such file");
-  Mapping map(path);
+  MappedFile map(path);
   return parse_torch_state_dict(map.data(), map.size(), path);
 }
 
