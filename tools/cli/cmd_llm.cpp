@@ -20,20 +20,13 @@
 #include "io/npy.h"
 #include "llm/chatglm_model.h"
 #include "llm/sampler.h"
+#include "model_args.h"
 #include "runtime/options.h"
 #include "text/tokenizer.h"
 
 namespace glmvoice::tools {
 
 namespace {
-
-ModelOptions model_options(const Args& args) {
-  ModelOptions options;
-  options.path = args.get("model");
-  options.device = runtime::parse_device(args.get("device", "cpu"));
-  options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
-  return options;
-}
 
 std::vector<int64_t> read_ids(const std::string& path) {
   at::Tensor t = io::read_npy(path);

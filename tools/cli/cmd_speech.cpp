@@ -12,6 +12,7 @@
 #include "args.h"
 #include "commands.h"
 #include "io/npy.h"
+#include "model_args.h"
 #include "runtime/options.h"
 #include "speech/tokenizer_model.h"
 #include "speech/tokenizer_state.h"
@@ -20,14 +21,6 @@
 namespace glmvoice::tools {
 
 namespace {
-
-ModelOptions model_options(const Args& args) {
-  ModelOptions options;
-  options.path = args.get("model");
-  options.device = runtime::parse_device(args.get("device", "cpu"));
-  options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
-  return options;
-}
 
 }  // namespace
 

@@ -16,6 +16,7 @@
 #include "args.h"
 #include "commands.h"
 #include "io/npy.h"
+#include "model_args.h"
 #include "runtime/options.h"
 #include "voice/decoder_model.h"
 
@@ -29,11 +30,7 @@ std::shared_ptr<const voice::DecoderModel> load_model(const Args& args) {
   if (args.has("verbose")) {
     runtime::set_log_hook([](runtime::LogLevel, const std::string& m) { std::fprintf(stderr, "%s\n", m.c_str()); });
   }
-  ModelOptions options;
-  options.path = args.get("model");
-  options.device = runtime::parse_device(args.get("device", "cpu"));
-  options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
-  return voice::DecoderModel::load(options);
+  return voice::DecoderModel::load(model_options(args));
 }
 
 uint64_t seed_of(const Args& args) { return static_cast<uint64_t>(args.get_int("seed", 42)); }

@@ -1,0 +1,13 @@
+#include "model_args.h"
+
+namespace glmvoice::tools {
+
+ModelOptions model_options(const Args& args) {
+  ModelOptions options;
+  options.path = args.get("model");
+  options.device = runtime::parse_device(args.get("device", "cpu"));
+  options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
+  return options;
+}
+
+}  // namespace glmvoice::tools
