@@ -28,3 +28,24 @@ GstBuffer* gst_glm_voice_tokens_buffer_new(const gint32* tokens, gsize n_tokens)
   gst_buffer_unmap(buffer, &map);
   return buffer;
 }
+
+namespace glmvoice::gst {
+
+TokenRead read_tokens(GstBuffer* buffer, std::vector<int32_t>& tokens) {
+  tokens.clear();
+  GstMapInfo map;
+  if (!gst_buffer_map(buffer, &map, GST_MAP_READ)) return TokenRead::kMapFailed;
+  const bool ragged = map.size % sizeof(gint32) != 0;
+  if (!ragged) {
+    tokens.resize(map.size / sizeof(gint32));
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      guint32 le;
+      std::memcpy(&le, map.data + i * sizeof(gint32), sizeof(le));
+      tokens[i] = static_cast<int32_t>(GUINT32_FROM_LE(le));
+    }
+  }
+  gst_buffer_unmap(buffer, &map);
+  return ragged ? TokenRead::kRagged : TokenRead::kOk;
+}
+
+}  // namespace glmvoice::gst

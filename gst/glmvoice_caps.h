@@ -24,3 +24,17 @@ gboolean gst_glm_voice_tokens_caps_parse(const GstCaps* caps, gint* codebook_siz
 GstBuffer* gst_glm_voice_tokens_buffer_new(const gint32* tokens, gsize n_tokens);
 
 G_END_DECLS
+
+#ifdef __cplusplus
+#include <cstdint>
+#include <vector>
+
+namespace glmvoice::gst {
+
+enum class TokenRead { kOk, kMapFailed, kRagged };
+// Reads the little-endian int32 tokens of `buffer` into `tokens`; kRagged when its size is
+// not a multiple of 4 bytes (then `tokens` is left empty).
+TokenRead read_tokens(GstBuffer* buffer, std::vector<int32_t>& tokens);
+
+}  // namespace glmvoice::gst
+#endif

@@ -637,31 +637,23 @@ static GstFlowReturn gst_glm_voice_decode_chain(GstPad* pad, GstObject* parent, 
                       ("no caps received before the first buffer"));
     return GST_FLOW_NOT_NEGOTIATED;
   }
-  GstMapInfo map;
-  if (!gst_buffer_map(buffer, &map, GST_MAP_READ)) {
+  std::vector<int32_t> ids;
+  const glmvoice::gst::TokenRead read = glmvoice::gst::read_tokens(buffer, ids);
+  if (read != glmvoice::gst::TokenRead::kOk) {
+    const gsize size = gst_buffer_get_size(buffer);
     gst_buffer_unref(buffer);
-    GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
+    if (read == glmvoice::gst::TokenRead::kMapFailed) {
+      GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
+    } else {
+      GST_ELEMENT_ERROR(self, STREAM, DECODE, ("Malformed speech token buffer"),
+                        ("%" G_GSIZE_FORMAT " bytes is not a whole number of int32 tokens", size));
+    }
     return GST_FLOW_ERROR;
-  }
-  if (map.size % sizeof(gint32) != 0) {
-    const gsize size = map.size;
-    gst_buffer_unmap(buffer, &map);
-    gst_buffer_unref(buffer);
-    GST_ELEMENT_ERROR(self, STREAM, DECODE, ("Malformed speech token buffer"),
-                      ("%" G_GSIZE_FORMAT " bytes is not a whole number of int32 tokens", size));
-    return GST_FLOW_ERROR;
-  }
-  std::vector<int32_t> ids(map.size / sizeof(gint32));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    guint32 le;
-    std::memcpy(&le, map.data + i * sizeof(gint32), sizeof(le));
-    ids[i] = static_cast<int32_t>(GUINT32_FROM_LE(le));
   }
   if (!impl->in_response && !ids.empty()) {
     impl->in_response = true;
     impl->token_anchor = GST_BUFFER_PTS(buffer);
   }
-  gst_buffer_unmap(buffer, &map);
   gst_buffer_unref(buffer);
 
   GstFlowReturn ret = GST_FLOW_OK;

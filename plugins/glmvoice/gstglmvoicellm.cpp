@@ -661,21 +661,15 @@ static void note_input_time(GstGlmVoiceLlmImpl* impl, GstBuffer* buffer, GstCloc
 static GstFlowReturn gst_glm_voice_llm_chain(GstPad*, GstObject* parent, GstBuffer* buffer) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
   GstGlmVoiceLlmImpl* impl = self->impl;
-  GstMapInfo map;
-  if (!gst_buffer_map(buffer, &map, GST_MAP_READ)) {
+  std::vector<int32_t> tokens;
+  const glmvoice::gst::TokenRead read = glmvoice::gst::read_tokens(buffer, tokens);
+  if (read == glmvoice::gst::TokenRead::kMapFailed) {
     gst_buffer_unref(buffer);
     GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
     return GST_FLOW_ERROR;
   }
-  const gsize n = map.size / sizeof(gint32);
-  std::vector<int64_t> tokens(n);
-  for (gsize i = 0; i < n; ++i) {
-    guint32 le = 0;
-    std::memcpy(&le, map.data + i * sizeof(gint32), sizeof(le));
-    tokens[i] = static_cast<gint32>(GUINT32_FROM_LE(le));
-  }
-  const bool ragged = map.size % sizeof(gint32) != 0;
-  gst_buffer_unmap(buffer, &map);
+  const bool ragged = read == glmvoice::gst::TokenRead::kRagged;
+  const gsize n = tokens.size();
 
   std::unique_lock<std::mutex> lock(impl->mutex);
   const int64_t codebook = impl->codebook;
@@ -685,18 +679,18 @@ static GstFlowReturn gst_glm_voice_llm_chain(GstPad*, GstObject* parent, GstBuff
     gst_buffer_unref(buffer);
     return ret;
   }
-  for (int64_t t : tokens) {
-    if (ragged || t < 0 || t >= codebook) {
-      lock.unlock();
-      gst_buffer_unref(buffer);
-      glmvoice::gst::post_error(
-          GST_ELEMENT(self), "Invalid speech token",
-          glmvoice::Error(glmvoice::ErrorCode::kBadInput, "", "speech token",
-                          ragged ? std::string("buffer size is not a multiple of 4 bytes")
-                                 : std::to_string(t) + " is outside the model's " + std::to_string(codebook) +
-                                       " speech tokens"));
-      return GST_FLOW_ERROR;
+  std::string bad = ragged ? "buffer size is not a multiple of 4 bytes" : "";
+  for (size_t i = 0; i < tokens.size() && bad.empty(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= codebook) {
+      bad = std::to_string(tokens[i]) + " is outside the model's " + std::to_string(codebook) + " speech tokens";
     }
+  }
+  if (!bad.empty()) {
+    lock.unlock();
+    gst_buffer_unref(buffer);
+    glmvoice::gst::post_error(GST_ELEMENT(self), "Invalid speech token",
+                              glmvoice::Error(glmvoice::ErrorCode::kBadInput, "", "speech token", bad));
+    return GST_FLOW_ERROR;
   }
   note_input_time(impl, buffer, n * GST_GLM_VOICE_TOKEN_DURATION);
   impl->speech.insert(impl->speech.end(), tokens.begin(), tokens.end());

@@ -51,6 +51,19 @@ TEST(Caps, test_tokens_buffer_is_little_endian_int32) {
   gst_buffer_unref(buffer);
 }
 
+TEST(Caps, test_read_tokens_round_trip_and_ragged) {
+  const gint32 tokens[] = {5, 16383, 0};
+  GstBuffer* buffer = gst_glm_voice_tokens_buffer_new(tokens, 3);
+  std::vector<int32_t> read;
+  EXPECT_EQ(glmvoice::gst::read_tokens(buffer, read), glmvoice::gst::TokenRead::kOk);
+  EXPECT_EQ(read, (std::vector<int32_t>{5, 16383, 0}));
+  gst_buffer_unref(buffer);
+  GstBuffer* ragged = gst_buffer_new_allocate(nullptr, 7, nullptr);
+  EXPECT_EQ(glmvoice::gst::read_tokens(ragged, read), glmvoice::gst::TokenRead::kRagged);
+  EXPECT_TRUE(read.empty());
+  gst_buffer_unref(ragged);
+}
+
 TEST(Events, test_end_of_turn_trio) {
   GstEvent* event = gst_glm_voice_event_new_end_of_turn();
   EXPECT_TRUE(GST_EVENT_IS_SERIALIZED(event));
