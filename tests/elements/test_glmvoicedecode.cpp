@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "element_test_util.h"
 #include "glmvoice_caps.h"
 #include "glmvoice_events.h"
 #include "test_support.h"
@@ -21,11 +22,7 @@
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 constexpr const char* kTokenCaps = "audio/x-glm-speech-tokens, framerate=(fraction)25/2, codebook-size=(int)64";
 constexpr GstClockTime kToken = GST_SECOND * 2 / 25;
@@ -64,25 +61,10 @@ std::vector<float> lib_stream(const std::vector<int32_t>& ids) {
   return out;
 }
 
-struct Recorder {
-  std::vector<std::string> items;
-  static GstPadProbeReturn probe(GstPad*, GstPadProbeInfo* info, gpointer data) {
-    auto* self = static_cast<Recorder*>(data);
-    if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_BUFFER) {
-      self->items.push_back("buffer");
-    } else if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM) {
-      GstEvent* event = GST_PAD_PROBE_INFO_EVENT(info);
-      self->items.push_back(gst_glm_voice_event_is_end_of_response(event) ? "end-of-response"
-                                                                          : GST_EVENT_TYPE_NAME(event));
-    }
-    return GST_PAD_PROBE_OK;
-  }
-};
-
 struct Harness {
   GstHarness* h = nullptr;
   GstBus* bus = nullptr;
-  Recorder recorder;
+  glmvoice::test::Recorder recorder;
   GstClockTime next_pts = 0;
 
   explicit Harness(const std::string& props = kFast, const char* caps = kTokenCaps) {
@@ -92,7 +74,7 @@ struct Harness {
     gst_element_set_bus(h->element, bus);
     GstPad* src = gst_element_get_static_pad(h->element, "src");
     gst_pad_add_probe(src, GstPadProbeType(GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM),
-                      Recorder::probe, &recorder, nullptr);
+                      glmvoice::test::Recorder::probe, &recorder, nullptr);
     gst_object_unref(src);
     gst_harness_set_src_caps_str(h, caps);
   }

@@ -10,17 +10,14 @@
 #include <thread>
 #include <vector>
 
+#include "element_test_util.h"
 #include "glmvoice_caps.h"
 #include "glmvoice_events.h"
 #include "test_support.h"
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 const std::string kAnswer = "Hi\xE7\x9A\x84 world";
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "element_test_util.h"
 #include "../lib/speech/speech_test_util.h"
 #include "glmvoice_caps.h"
 #include "glmvoice_events.h"
@@ -19,11 +20,7 @@
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 constexpr const char* kAudioCaps =
     "audio/x-raw, format=(string)F32LE, rate=(int)16000, channels=(int)1, layout=(string)interleaved";
@@ -45,35 +42,16 @@ std::vector<int64_t> offline_ids(const std::vector<float>& x) {
   return std::vector<int64_t>(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
 }
 
-// Records the order of buffers and events leaving the element's src pad.
-struct Recorder {
-  std::vector<std::string> items;
-  static GstPadProbeReturn probe(GstPad*, GstPadProbeInfo* info, gpointer data) {
-    auto* self = static_cast<Recorder*>(data);
-    if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_BUFFER) {
-      self->items.push_back("buffer");
-    } else if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM) {
-      GstEvent* event = GST_PAD_PROBE_INFO_EVENT(info);
-      if (gst_glm_voice_event_is_end_of_turn(event)) {
-        self->items.push_back("end-of-turn");
-      } else {
-        self->items.push_back(GST_EVENT_TYPE_NAME(event));
-      }
-    }
-    return GST_PAD_PROBE_OK;
-  }
-};
-
 struct Harness {
   GstHarness* h = nullptr;
-  Recorder recorder;
+  glmvoice::test::Recorder recorder;
 
   explicit Harness(const std::string& props = "") {
     const std::string launch = "glmvoicetokenize model-path=\"" + model_dir() + "\" device=cpu " + props;
     h = gst_harness_new_parse(launch.c_str());
     GstPad* src = gst_element_get_static_pad(h->element, "src");
     gst_pad_add_probe(src, GstPadProbeType(GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM),
-                      Recorder::probe, &recorder, nullptr);
+                      glmvoice::test::Recorder::probe, &recorder, nullptr);
     gst_object_unref(src);
     gst_harness_set_src_caps_str(h, kAudioCaps);
   }

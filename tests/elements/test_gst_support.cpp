@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "element_test_util.h"
 #include "glmvoice_caps.h"
 #include "glmvoice_events.h"
 #include "glmvoice_model_cache.h"
@@ -13,11 +14,7 @@
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 TEST(Caps, test_tokens_caps_round_trip) {
   GstCaps* caps = gst_glm_voice_tokens_caps_new(16384);
