@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "io/error.h"
@@ -256,83 +257,149 @@ at::Tensor LlmModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at
   return at::cat({out, x.narrow(2, r, d - r)}, 2);
 }
 
-at::Tensor LlmModel::forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions) const {
-  c10::InferenceMode guard;
+void LlmModel::check_input(const int64_t* ids, int64_t T, const KvCache& cache) const {
   const ChatGlmConfig& c = config_;
-  const int64_t T = static_cast<int64_t>(ids.size());
-  if (T == 0) throw Error(ErrorCode::kBadInput, options_.path, "ids", "empty input");
+  if (T <= 0) throw Error(ErrorCode::kBadInput, options_.path, "ids", "empty input");
   const int64_t P = cache.length;
   if (P + T > c.seq_length) {
     throw Error(ErrorCode::kBadInput, options_.path, "seq_length",
                 "positions up to " + std::to_string(P + T - 1) + " exceed the context of " +
                     std::to_string(c.seq_length) + " tokens");
   }
-  for (int64_t id : ids) {
-    if (id < 0 || id >= c.padded_vocab_size) {
+  for (int64_t i = 0; i < T; ++i) {
+    if (ids[i] < 0 || ids[i] >= c.padded_vocab_size) {
       throw Error(ErrorCode::kBadInput, options_.path, "ids",
-                  "token id " + std::to_string(id) + " outside [0, " + std::to_string(c.padded_vocab_size) + ")");
+                  "token id " + std::to_string(ids[i]) + " outside [0, " + std::to_string(c.padded_vocab_size) + ")");
     }
   }
-  ensure_capacity(cache, P + T);
+}
+
+at::Tensor LlmModel::forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions) const {
+  BatchItem item;
+  item.ids = ids.data();
+  item.n_ids = static_cast<int64_t>(ids.size());
+  item.cache = &cache;
+  item.logits = all_positions ? BatchItem::Logits::kAll : BatchItem::Logits::kLast;
+  return forward_batch({item}).front();
+}
+
+// §3.3 steps 4–7 for one sequence. q [T, nh, d] at positions P … P+T-1; K, V [ng, P+T, d].
+// Query head h uses group h / hpg; the mask is bottom-right aligned (key j visible to query i
+// iff j <= P+i), so a chunk appended to a non-empty cache sees the whole prefix.
+at::Tensor LlmModel::attend(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const {
+  const ChatGlmConfig& c = config_;
+  const int64_t T = q.size(0), S = P + T;
+  const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
+  const int64_t hpg = c.heads_per_group();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor qg = q.reshape({T, ng, hpg, d}).permute({1, 2, 0, 3}).reshape({ng, hpg * T, d});
+  at::Tensor scores = at::matmul(qg, K.transpose(1, 2)) * scale;  // [ng, hpg·T, S]
+  if (T > 1) {
+    const auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+    at::Tensor qi = at::arange(P, P + T, opts).unsqueeze(1);
+    at::Tensor kj = at::arange(0, S, opts).unsqueeze(0);
+    scores = scores.view({ng, hpg, T, S}).masked_fill(kj > qi, -std::numeric_limits<double>::infinity())
+                 .view({ng, hpg * T, S});
+  }
+  at::Tensor probs = at::softmax(scores, -1);
+  at::Tensor ctx = at::matmul(probs, V);  // [ng, hpg·T, d]
+  return ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
+}
+
+// All rows of all items go through the projections and the MLP as one [N, H] matrix (the
+// weights are read once per step, whatever B is); rotary and attention are per row / per item.
+std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& items) const {
+  c10::InferenceMode guard;
+  const ChatGlmConfig& c = config_;
+  const size_t B = items.size();
+  if (B == 0) return {};
+  for (size_t b = 0; b < B; ++b) {
+    if (items[b].cache == nullptr) throw Error(ErrorCode::kBadInput, options_.path, "batch", "item without a cache");
+    for (size_t o = 0; o < b; ++o) {
+      if (items[o].cache == items[b].cache) {
+        throw Error(ErrorCode::kBadInput, options_.path, "batch", "two items share one KV cache");
+      }
+    }
+    check_input(items[b].ids, items[b].n_ids, *items[b].cache);
+  }
   const auto dtype = options_.dtype;
   const auto dev = options_.device;
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
-  const int64_t hpg = c.heads_per_group(), S = P + T;
 
-  at::Tensor idx = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).to(dev);
-  at::Tensor h = embedding_.index_select(0, idx);  // [T, H]
+  // Row offsets, ids and absolute positions of every item, concatenated.
+  std::vector<int64_t> offset(B + 1, 0), all_ids, positions;
+  for (size_t b = 0; b < B; ++b) {
+    const BatchItem& it = items[b];
+    ensure_capacity(*it.cache, it.cache->length + it.n_ids);
+    offset[b + 1] = offset[b] + it.n_ids;
+    all_ids.insert(all_ids.end(), it.ids, it.ids + it.n_ids);
+    for (int64_t i = 0; i < it.n_ids; ++i) positions.push_back(it.cache->length + i);
+  }
+  const int64_t N = offset[B];
+  at::Tensor idx = at::tensor(all_ids, at::TensorOptions().dtype(at::kLong)).to(dev);
+  at::Tensor h = embedding_.index_select(0, idx);  // [N, H]
 
-  // Rotary table for positions P … P+T-1 (float32 product, rounded to a 16-bit compute dtype).
-  at::Tensor pos = at::arange(P, P + T, at::TensorOptions().dtype(at::kFloat).device(dev));
-  at::Tensor angles = at::outer(pos, inv_freq_);  // [T, r/2]
+  // Rotary table per row (float32 product, rounded to a 16-bit compute dtype).
+  at::Tensor pos = at::tensor(positions, at::TensorOptions().dtype(at::kLong)).to(dev).to(at::kFloat);
+  at::Tensor angles = at::outer(pos, inv_freq_);  // [N, r/2]
   at::Tensor cos = angles.cos(), sin = angles.sin();
   if (dtype != at::kFloat) {
     cos = cos.to(dtype);
     sin = sin.to(dtype);
   }
-  // Bottom-right aligned causal mask (§3.3 step 6): key j visible to query i iff j <= P+i.
-  at::Tensor masked;
-  if (T > 1) {
-    at::Tensor qi = at::arange(P, P + T, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(1);
-    at::Tensor kj = at::arange(0, S, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(0);
-    masked = kj > qi;  // [T, S]
-  }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
 
+  std::vector<at::Tensor> ctx_parts(B);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     at::Tensor n1 = rms_norm(h, L.input_norm);
-    at::Tensor mixed = at::linear(n1, L.qkv_w, L.qkv_b);  // [T, qkv_out], bias fused (§3.7)
-    at::Tensor q = mixed.narrow(1, 0, c.q_size()).reshape({T, nh, d});
-    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).reshape({T, ng, d});
-    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).reshape({T, ng, d});
+    at::Tensor mixed = at::linear(n1, L.qkv_w, L.qkv_b);  // [N, qkv_out], bias fused (§3.7)
+    at::Tensor q = mixed.narrow(1, 0, c.q_size()).reshape({N, nh, d});
+    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).reshape({N, ng, d});
+    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).reshape({N, ng, d});
     q = rotary(q, cos, sin);
     k = rotary(k, cos, sin);
-    cache.k[l].narrow(1, P, T).copy_(k.transpose(0, 1));
-    cache.v[l].narrow(1, P, T).copy_(v.transpose(0, 1));
-    at::Tensor K = cache.k[l].narrow(1, 0, S);  // [ng, S, d]
-    at::Tensor Vv = cache.v[l].narrow(1, 0, S);
-    // Query head h uses group h / hpg (§3.3 step 4): [ng, hpg·T, d].
-    at::Tensor qg = q.reshape({T, ng, hpg, d}).permute({1, 2, 0, 3}).reshape({ng, hpg * T, d});
-    at::Tensor scores = at::matmul(qg, K.transpose(1, 2)) * scale;  // [ng, hpg·T, S]
-    if (masked.defined()) {
-      scores = scores.view({ng, hpg, T, S}).masked_fill(masked, -std::numeric_limits<double>::infinity())
-                   .view({ng, hpg * T, S});
+    for (size_t b = 0; b < B; ++b) {
+      KvCache& cache = *items[b].cache;
+      const int64_t P = cache.length, T = items[b].n_ids;
+      cache.k[l].narrow(1, P, T).copy_(k.narrow(0, offset[b], T).transpose(0, 1));
+      cache.v[l].narrow(1, P, T).copy_(v.narrow(0, offset[b], T).transpose(0, 1));
+      ctx_parts[b] = attend(q.narrow(0, offset[b], T), cache.k[l].narrow(1, 0, P + T), cache.v[l].narrow(1, 0, P + T), P);
     }
-    at::Tensor probs = at::softmax(scores, -1);
-    at::Tensor ctx = at::matmul(probs, Vv);  // [ng, hpg·T, d]
-    ctx = ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
+    at::Tensor ctx = B == 1 ? ctx_parts[0] : at::cat(ctx_parts, 0);  // [N, nh·d]
     h = h + at::linear(ctx, L.dense_w, L.dense_b);
     at::Tensor n2 = rms_norm(h, L.post_norm);
-    at::Tensor u = at::linear(n2, L.h4h_w, L.h4h_b);  // [T, 2·ffn]: gate first, up second (§3.4)
+    at::Tensor u = at::linear(n2, L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second (§3.4)
     at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
     h = h + at::linear(m, L.fourh_w, L.fourh_b);
   }
-  cache.length = S;
-  if (!all_positions) h = h.narrow(0, T - 1, 1);
+  for (size_t b = 0; b < B; ++b) items[b].cache->length += items[b].n_ids;
+
+  // §3.6: project only the rows asked for (the last row of each kLast item, all rows of kAll).
+  std::vector<int64_t> rows;
+  for (size_t b = 0; b < B; ++b) {
+    if (items[b].logits == BatchItem::Logits::kAll) {
+      for (int64_t r = offset[b]; r < offset[b + 1]; ++r) rows.push_back(r);
+    } else if (items[b].logits == BatchItem::Logits::kLast) {
+      rows.push_back(offset[b + 1] - 1);
+    }
+  }
+  std::vector<at::Tensor> out(B);
+  if (rows.empty()) return out;
+  h = static_cast<int64_t>(rows.size()) == N ? h : h.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(dev));
   if (final_norm_.defined()) h = rms_norm(h, final_norm_);
-  at::Tensor logits = at::linear(h, output_).to(at::kFloat).cpu();
-  return all_positions ? logits : logits.squeeze(0);
+  at::Tensor logits = at::linear(h, output_).to(at::kFloat).cpu();  // [rows, V]
+  int64_t r = 0;
+  for (size_t b = 0; b < B; ++b) {
+    const int64_t T = items[b].n_ids;
+    if (items[b].logits == BatchItem::Logits::kAll) {
+      out[b] = logits.narrow(0, r, T);
+      r += T;
+    } else if (items[b].logits == BatchItem::Logits::kLast) {
+      out[b] = logits[r];
+      r += 1;
+    }
+  }
+  return out;
 }
 
 }  // namespace glmvoice::llm

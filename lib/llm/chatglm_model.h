@@ -10,6 +10,11 @@
 //   auto model = LlmModel::load({"/models/glm-4-voice-9b", cpu, kFloat});
 //   KvCache cache = model->new_cache();
 //   at::Tensor logits = model->forward(ids, cache);   // [V] f32 of the last position
+//
+// Batched step (many conversations, one forward): forward_batch() takes B sequences, each
+// with its own KvCache and its own chunk of ids (1 token when decoding, a prompt chunk when
+// prefilling); the linear layers run once over all rows, attention runs per sequence against
+// its own cache. A sequence's result does not depend on the others beyond fp32 rounding.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -35,6 +40,15 @@ struct KvCache {
   void reset() { truncate(0); }
 };
 
+// One sequence of a batched step: its ids (positions cache->length …) and its cache.
+struct BatchItem {
+  enum class Logits { kLast, kAll, kNone };  // [V], [T, V], or none (an intermediate prefill chunk)
+  const int64_t* ids = nullptr;
+  int64_t n_ids = 0;
+  KvCache* cache = nullptr;
+  Logits logits = Logits::kLast;
+};
+
 class LlmModel {
  public:
   // Loads config.json, generation_config.json, the safetensors (index or single file),
@@ -50,6 +64,13 @@ class LlmModel {
   // cache. Returns f32 CPU logits: [T, V] if `all_positions`, else [V] of the last one.
   // Throws kBadInput for an id outside the vocabulary or positions >= seq_length.
   at::Tensor forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions = false) const;
+  // One forward for several sequences (distinct caches). Returns one tensor per item as
+  // forward() would (undefined for Logits::kNone). Every item is checked (check_input) before
+  // anything runs, so a bad item throws without touching any cache.
+  std::vector<at::Tensor> forward_batch(const std::vector<BatchItem>& items) const;
+  // Throws kBadInput if `n` ids at cache.length would overflow seq_length or an id is outside
+  // the vocabulary (what forward() checks).
+  void check_input(const int64_t* ids, int64_t n, const KvCache& cache) const;
 
   // Number of loaded parameters (for sanity checks and logs).
   int64_t parameter_count() const;
@@ -62,6 +83,9 @@ class LlmModel {
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   void ensure_capacity(KvCache& cache, int64_t needed) const;
+  // Attention of one sequence's rows q [T, nh, d] against its cache (positions 0 … P+T-1,
+  // the last T just written): ctx [T, nh·d].
+  at::Tensor attend(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const;
 
   ModelOptions options_;
   ChatGlmConfig config_;
