@@ -183,6 +183,7 @@ const std::vector<int64_t>& ChatState::begin_turn(const UserTurn& turn) {
   cache_.truncate(static_cast<int64_t>(common));
   cached_ids_.resize(common);
   pending_.assign(prompt_.begin() + static_cast<std::ptrdiff_t>(common), prompt_.end());
+  partial_base_ = -1;
   in_turn_ = true;
   return prompt_;
 }
@@ -195,7 +196,7 @@ ChatEvent ChatState::step() {
     return finish_turn(StopReason::kContext, -1);
   }
   const auto& tok = model_->tokenizer();
-  at::Tensor logits = model_->forward(pending_, cache_);
+  at::Tensor logits = run_forward(pending_);
   cached_ids_.insert(cached_ids_.end(), pending_.begin(), pending_.end());
   pending_.clear();
   const int64_t id = sampler_.sample(logits, options_.sampling, options_.mask_undefined ? tok.max_id() + 1 : -1);
@@ -270,7 +271,60 @@ void ChatState::reset() {
   in_turn_ = false;
   generated_ = 0;
   dropped_turns_ = 0;
+  partial_base_ = -1;
   sampler_.reseed(options_.seed);
+}
+
+// ---------------------------------------------------------------- prefill while speaking
+
+at::Tensor ChatState::run_forward(const std::vector<int64_t>& ids) {
+  try {
+    return forward_ ? forward_(ids, cache_) : model_->forward(ids, cache_);
+  } catch (...) {
+    // A cancelled chunked prefill may have cached part of `ids`: forget it.
+    if (cache_.length > static_cast<int64_t>(cached_ids_.size())) {
+      cache_.truncate(static_cast<int64_t>(cached_ids_.size()));
+    }
+    throw;
+  }
+}
+
+int64_t ChatState::prefill_partial(const UserTurn& partial) {
+  c10::InferenceMode guard;
+  if (in_turn_ || partial.mode != InputMode::kSpeech) return 0;
+  const auto& tok = model_->tokenizer();
+  for (int64_t s : partial.speech_tokens) {
+    if (s < 0 || s >= tok.n_audio()) {
+      throw Error(ErrorCode::kBadInput, "", "speech token",
+                  std::to_string(s) + " outside [0, " + std::to_string(tok.n_audio()) + ")");
+    }
+  }
+  // The full prompt of this turn is ids + <|end_of_audio|> [instruction] <|assistant|>…: keep
+  // everything before its (last) <|end_of_audio|>, which text never encodes to.
+  std::vector<int64_t> ids = build_prompt_ids(partial);
+  const auto eoa = std::find(ids.rbegin(), ids.rend(), tok.specials().end_of_audio);
+  if (eoa == ids.rend()) return 0;
+  ids.resize(static_cast<size_t>(ids.rend() - eoa) - 1);
+  if (!fits(ids.size())) return 0;
+  size_t common = 0;
+  while (common < cached_ids_.size() && common < ids.size() && cached_ids_[common] == ids[common]) ++common;
+  if (partial_base_ < 0) partial_base_ = static_cast<int64_t>(cached_ids_.size());
+  partial_base_ = std::min<int64_t>(partial_base_, static_cast<int64_t>(common));
+  if (common == ids.size()) return 0;
+  cache_.truncate(static_cast<int64_t>(common));
+  cached_ids_.resize(common);
+  const std::vector<int64_t> rest(ids.begin() + static_cast<std::ptrdiff_t>(common), ids.end());
+  run_forward(rest);
+  cached_ids_.insert(cached_ids_.end(), rest.begin(), rest.end());
+  return static_cast<int64_t>(rest.size());
+}
+
+void ChatState::rollback_partial() {
+  if (in_turn_ || partial_base_ < 0) return;
+  const int64_t n = std::min<int64_t>(partial_base_, static_cast<int64_t>(cached_ids_.size()));
+  cache_.truncate(std::min(n, cache_.length));
+  cached_ids_.resize(static_cast<size_t>(n));
+  partial_base_ = -1;
 }
 
 }  // namespace glmvoice::llm

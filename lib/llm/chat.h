@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -92,6 +93,23 @@ class ChatState {
   // Forgets the history and the KV cache; the sampler is reseeded from options().seed.
   void reset();
 
+  // Where the forward passes go (empty: the model's own forward). A conversation served by a
+  // shared Scheduler (scheduler.h) points it at its Sequence::forward, so conversations share
+  // batched steps.
+  using ForwardFn = std::function<at::Tensor(const std::vector<int64_t>& ids, KvCache& cache)>;
+  void set_forward(ForwardFn forward) { forward_ = std::move(forward); }
+
+  // Prefill while the user speaks (issue 10 §1): appends to the KV cache the prompt of the
+  // speech turn heard so far (`partial.speech_tokens`): history or system prefix,
+  // <|user|>\n<|begin_of_audio|> and those tokens, reusing what is cached. begin_turn() with
+  // the complete turn then runs only the rest and the assistant suffix. Returns the number of
+  // ids run; 0 (nothing done) during a turn, for a text turn, or when the prompt would not fit
+  // (begin_turn applies the context policy). Throws kBadInput for a token out of range.
+  int64_t prefill_partial(const UserTurn& partial);
+  // Drops what prefill_partial() cached since the last turn (an abandoned turn: flush, reset).
+  void rollback_partial();
+  int64_t cached_length() const { return cache_.length; }
+
   const std::vector<int64_t>& history() const { return history_; }
   const std::vector<int64_t>& prompt_ids() const { return prompt_; }
   const std::vector<int64_t>& completion_ids() const { return completion_; }  // incl. stop id
@@ -103,6 +121,7 @@ class ChatState {
   ChatEvent finish_turn(StopReason reason, int64_t stop_id);
   std::vector<int64_t> user_turn_ids(const UserTurn& turn) const;
   bool fits(size_t prompt_len) const;
+  at::Tensor run_forward(const std::vector<int64_t>& ids);  // through forward_, cache kept in sync
 
   std::shared_ptr<const LlmModel> model_;
   ChatOptions options_;
@@ -118,6 +137,8 @@ class ChatState {
   bool in_turn_ = false;
   int64_t generated_ = 0;
   int64_t dropped_turns_ = 0;
+  ForwardFn forward_;
+  int64_t partial_base_ = -1;  // cached length before this turn's first prefill_partial (-1: none)
 };
 
 }  // namespace glmvoice::llm
