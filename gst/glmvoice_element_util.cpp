@@ -14,48 +14,57 @@ namespace glmvoice::gst {
 
 namespace {
 
-void post(GstElement* element, GQuark domain, gint code, const char* what, const std::string& detail) {
+void post(GstElement* element, GQuark domain, gint code, const char* what, const std::string& detail,
+          const SourceLocation& where) {
   // The detail names file, key and reason: it goes into the message text itself (not only the
   // debug string) so that gst-launch and bus watchers show it to the user.
   gchar* text = g_strdup_printf("%s: %s", what, detail.c_str());
   gchar* debug = g_strdup(detail.c_str());
-  gst_element_message_full(element, GST_MESSAGE_ERROR, domain, code, text, debug, __FILE__,
-                           GST_FUNCTION, __LINE__);
+  gst_element_message_full(element, GST_MESSAGE_ERROR, domain, code, text, debug, where.file,
+                           where.function, where.line);
 }
 
 }  // namespace
 
 void post_error(GstElement* element, const char* what, const std::exception& error) {
+  post_error(element, what, error, SourceLocation{__FILE__, GST_FUNCTION, __LINE__});
+}
+
+void post_error(GstElement* element, const char* what, std::exception_ptr error) {
+  post_error(element, what, error, SourceLocation{__FILE__, GST_FUNCTION, __LINE__});
+}
+
+void post_error(GstElement* element, const char* what, const std::exception& error, SourceLocation where) {
   if (const auto* e = dynamic_cast<const Error*>(&error)) {
     switch (e->code()) {
       case ErrorCode::kNotFound:
-        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND, what, e->what());
+        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND, what, e->what(), where);
         return;
       case ErrorCode::kBadInput:
-        post(element, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE, what, e->what());
+        post(element, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE, what, e->what(), where);
         return;
       case ErrorCode::kDevice:
-        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, e->what());
+        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, e->what(), where);
         return;
       default:
-        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS, what, e->what());
+        post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS, what, e->what(), where);
         return;
     }
   }
   if (const auto* e = dynamic_cast<const c10::Error*>(&error)) {
-    post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, e->what_without_backtrace());
+    post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, e->what_without_backtrace(), where);
     return;
   }
-  post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, error.what());
+  post(element, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_FAILED, what, error.what(), where);
 }
 
-void post_error(GstElement* element, const char* what, std::exception_ptr error) {
+void post_error(GstElement* element, const char* what, std::exception_ptr error, SourceLocation where) {
   try {
     std::rethrow_exception(error);
   } catch (const std::exception& e) {
-    post_error(element, what, e);
+    post_error(element, what, e, where);
   } catch (...) {
-    post(element, GST_CORE_ERROR, GST_CORE_ERROR_FAILED, what, "unknown exception");
+    post(element, GST_CORE_ERROR, GST_CORE_ERROR_FAILED, what, "unknown exception", where);
   }
 }
 

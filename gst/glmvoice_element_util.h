@@ -19,6 +19,26 @@ namespace glmvoice::gst {
 void post_error(GstElement* element, const char* what, const std::exception& error);
 void post_error(GstElement* element, const char* what, std::exception_ptr error);
 
+// Where an error was raised: the element's call site, so that the debug location of the
+// posted message (GST_ELEMENT_ERROR's file:function:line) names the element, not this helper.
+struct SourceLocation {
+  const char* file;
+  const char* function;
+  int line;
+};
+void post_error(GstElement* element, const char* what, const std::exception& error, SourceLocation where);
+void post_error(GstElement* element, const char* what, std::exception_ptr error, SourceLocation where);
+
+}  // namespace glmvoice::gst
+
+// post_error() with the caller's file, function and line (use this in elements):
+//   GLMVOICE_ELEMENT_ERROR(self, "Language model failed", std::current_exception());
+#define GLMVOICE_ELEMENT_ERROR(element, what, error)                        \
+  ::glmvoice::gst::post_error(GST_ELEMENT(element), (what), (error),        \
+                              ::glmvoice::gst::SourceLocation{__FILE__, GST_FUNCTION, __LINE__})
+
+namespace glmvoice::gst {
+
 // Builds ModelOptions from the element properties: empty path -> $GLMVOICE_MODEL_DIR
 // joined with `subdir` (e.g. "glm-4-voice-tokenizer"), device "" -> auto, dtype string.
 // Throws glmvoice::Error (kBadConfig / kNotFound) on bad values.
