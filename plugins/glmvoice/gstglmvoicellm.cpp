@@ -1,5 +1,5 @@
 /* glmvoicellm: GLM-4-Voice language model element.
- * SPDX-License-Identifier: Apache-2.0 */
+ * SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /**
  * SECTION:element-glmvoicellm
@@ -8,44 +8,80 @@
  * Answers a spoken (or written) user turn with GLM-4-Voice-9B: the answer streams out as
  * speech tokens on `src` (for glmvoicedecode) and as text on `text_src`, interleaved the way
  * the model emits them (about 13 text tokens, then 26 speech tokens, ...). Prompt building,
- * history, sampling and stop handling live in lib/llm/chat.h (spec llm.md §4, §6).
+ * history, sampling and stop handling live in lib/llm/chat.h (spec llm.md §4, §6); the turn
+ * logic (queue, barge-in, history policy, per-turn report) in glmvoicellm_turns.h.
  *
  * Pads:
- * - `sink` (always): `audio/x-glm-speech-tokens, codebook-size=N`: the user's speech tokens;
- *   N must equal the model's number of `<|audio_N|>` tokens and every token must be < N
- *   (otherwise a STREAM/DECODE error).
- * - `text_sink` (request): `text/x-raw, format=utf8`: text input mode (as the reference
- *   demo's text box). Every buffer is one complete user message and starts a turn.
+ * - `sink` (always): `audio/x-glm-speech-tokens, codebook-size=N`: the user's speech tokens.
+ *   The CAPS query answers the loaded model's N, so a mismatch is a not-negotiated error when
+ *   the pipeline negotiates; a token >= N is a STREAM/DECODE error.
+ * - `text_sink` (request): `text/x-raw, format=utf8`: text input (as the reference demo's text
+ *   box). Every buffer is one complete user message and starts a turn; with `text-lines` the
+ *   input is a byte stream and every line is a turn.
  * - `src` (always): `audio/x-glm-speech-tokens`: the answer's speech tokens, one buffer per
- *   token as it is sampled, PTS = response start + index × 80 ms, duration 80 ms.
- * - `text_src` (always): `text/x-raw, format=utf8`: the answer's text as complete UTF-8
- *   runs (a character split over two tokens, even with speech tokens in between, is held back
- *   until complete); PTS = the PTS of the next speech token. May stay unlinked.
+ *   token as it is sampled, duration 80 ms.
+ * - `text_src` (always): `text/x-raw, format=utf8`: the answer's text as complete UTF-8 runs
+ *   (a character split over two tokens is held back until complete). May stay unlinked.
  *
- * Events: the custom end-of-turn event (gst/glmvoice_events.h) on `sink` (or EOS) completes
- * the user's speech turn and starts the answer. After every answer, whatever the stop reason
+ * ## Timeline
+ * Input timestamps are converted to running time through each sink pad's segment. An answer
+ * starts at the running time where the user's input ended (or where the previous answer
+ * ended, if later); speech tokens follow every 80 ms. Both src pads carry one TIME segment
+ * from 0 (a new one after a flush), so output PTS are running times. A text buffer carries
+ * the PTS of the speech it belongs to (the speech that follows it): without `text-segments`
+ * it goes out as soon as it is sampled, without a duration; with `text-segments` a segment's
+ * text goes out when its speech run is complete, with that run's duration (subtitles).
+ *
+ * ## GAP and sparse outputs
+ * Neither src pad ever waits for the other: text goes out from its own task, and GAP events
+ * keep both timelines level, so sinks on both branches preroll whatever the answer holds (a
+ * speech-only answer, a text-only answer, no answer at all): before each speech token the
+ * text timeline is covered up to its end; the time between answers is covered by a GAP on
+ * both pads; an answer without speech sends a GAP on `src`. A GAP on a sink pad advances the
+ * input time (an answer then starts after it) and is forwarded as GAP when no answer runs.
+ *
+ * ## Events
+ * The custom end-of-turn event (gst/glmvoice_events.h) on `sink` (or EOS) completes the
+ * user's speech turn and queues its answer. After every answer, whatever the stop reason
  * (`stop-token`, `max-new-tokens`, `context`, `interrupted`), an end-of-response event with
  * that reason goes out on both src pads; EOS follows once every linked sink pad got EOS and
  * the queued turns are answered. FLUSH_START stops generation within one token; FLUSH_STOP
  * drops the interrupted answer and any pending input (the history keeps what was generated;
- * use the `reset-history` action signal to forget it).
+ * the `reset-history` action signal forgets it).
  *
- * Messages: after each turn an element message `glmvoicellm-turn` with `input-ids` and
+ * Barge-in: with `barge-in=true`, the start-of-speech event of glmvoicetokenize (the user
+ * starts talking) stops the answer in progress within one token, with end-of-response
+ * `reason=interrupted` (glmvoicedecode then drops that answer's pending tokens); a new
+ * complete turn (speech or text) interrupts too. Without barge-in, turns queue up.
+ *
+ * ## History and the context
+ * With `keep-history` every prompt holds the previous turns. When the prompt would leave less
+ * than min(max-new-tokens, context / 2) tokens for the answer, the oldest turns are dropped
+ * (whole turns, the system prompt stays) and an element message `glmvoicellm-context` says
+ * so (`dropped-turns`, `total-dropped-turns`, `prompt-tokens`, `context-tokens`). Only a
+ * single turn longer than the whole context is not answered: a STREAM/DECODE warning and an
+ * end-of-response `reason=context`.
+ *
+ * ## Messages
+ * After each answer an element message `glmvoicellm-turn` with `input-ids` and
  * `completion-ids` (arrays of int), `text` (string: the full transcript of the answer),
  * `reason` (string), `turn`, `prompt-tokens`, `generated-tokens`, `speech-tokens` (int),
- * `prefill-ms`, `decode-ms-per-token` (double): the reference web demo's debug view.
+ * `prefill-ms`, `decode-ms-per-token` (double, the model alone): the reference web demo's
+ * debug view.
  *
- * ## Latency and live behaviour
+ * ## Latency
  * Nothing comes out before the user's turn is complete; then the first token needs one
  * prefill of the prompt (the whole history) and each further token one decode step. The
- * answer must be generated faster than it is played (≥ 18.75 tokens/s for 12.5 speech
- * tokens/s with the 13/26 interleave): the real 9B model needs a GPU for that. The latency
- * query adds nothing of its own (the answer's timeline starts when the turn ends).
+ * `latency` property is this element's budget for that (prefill + first tokens); with a live
+ * upstream the LATENCY query adds it to upstream's (otherwise: not live, 0, none), a
+ * LATENCY message is posted when it changes, and a warning is posted once when a first
+ * token comes later than the budget after its turn ended. The answer must be generated
+ * faster than it is played (>= 18.75 tokens/s for 12.5 speech tokens/s with the 13/26
+ * interleave): the real 9B model needs a GPU for that.
  *
  * Threads: generation runs on the task of `src` (one token per iteration, so FLUSH and
  * barge-in act within a token); `text_src` is pushed from its own task through an internal
- * queue, so a text branch that blocks (e.g. a sink waiting for preroll) never stalls the
- * speech branch: no `queue` is needed after either src pad.
+ * queue: no `queue` is needed after either src pad.
  *
  * ## Example launch line
  * |[
@@ -61,10 +97,9 @@
 
 #include "gstglmvoicellm.h"
 
+#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -74,9 +109,8 @@
 #include "glmvoice_caps.h"
 #include "glmvoice_element_util.h"
 #include "glmvoice_events.h"
-#include "glmvoice_model_cache.h"
+#include "glmvoicellm_turns.h"
 #include "io/error.h"
-#include "llm/chat.h"
 #include "llm/chatglm_model.h"
 
 GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
@@ -96,9 +130,11 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define DEFAULT_KEEP_HISTORY TRUE
 #define DEFAULT_BARGE_IN FALSE
 #define DEFAULT_TEXT_SEGMENTS FALSE
+#define DEFAULT_TEXT_LINES FALSE
+/* Prefill of a few hundred prompt tokens + the first tokens of the 9B model on a GPU. */
+#define DEFAULT_LATENCY_MS 1000
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-9b"
-#define TURN_MESSAGE_NAME "glmvoicellm-turn"
 
 enum {
   PROP_0,
@@ -115,6 +151,8 @@ enum {
   PROP_KEEP_HISTORY,
   PROP_BARGE_IN,
   PROP_TEXT_SEGMENTS,
+  PROP_TEXT_LINES,
+  PROP_LATENCY,
 };
 
 enum { SIGNAL_RESET_HISTORY, LAST_SIGNAL };
@@ -129,17 +167,13 @@ static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE(
 static GstStaticPadTemplate text_src_template =
     GST_STATIC_PAD_TEMPLATE("text_src", GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS(GST_GLM_VOICE_TEXT_CAPS));
 
-namespace {
-
-struct QueuedTurn {
-  glmvoice::llm::UserTurn turn;
-  GstClockTime input_end = GST_CLOCK_TIME_NONE;  // end timestamp of the user's input
-};
-
-}  // namespace
+using glmvoice::gst::LlmConversation;
+using glmvoice::gst::LlmTurnSettings;
+using glmvoice::gst::LlmWork;
+using glmvoice::gst::QueuedTurn;
 
 struct GstGlmVoiceLlmImpl {
-  // Settings: protected by the object lock; sampling knobs are copied at every turn start.
+  // Settings: protected by the object lock; copied out at every turn start.
   std::string model_path = DEFAULT_MODEL_PATH;
   std::string device = DEFAULT_DEVICE;
   std::string dtype = DEFAULT_DTYPE;
@@ -153,45 +187,46 @@ struct GstGlmVoiceLlmImpl {
   gboolean keep_history = DEFAULT_KEEP_HISTORY;
   gboolean barge_in = DEFAULT_BARGE_IN;
   gboolean text_segments = DEFAULT_TEXT_SEGMENTS;
+  gboolean text_lines = DEFAULT_TEXT_LINES;
+  guint latency_ms = DEFAULT_LATENCY_MS;
 
-  // Set at NULL->READY, dropped at READY->NULL (object lock for the pointer).
+  // Set at NULL->READY, dropped at READY->NULL (object lock).
   std::shared_ptr<const glmvoice::llm::LlmModel> model;
+  gint codebook = 0;  // the model's number of speech tokens; 0 without a model
 
-  // Input side and task control: protected by `mutex`; `cond` wakes the task.
-  std::mutex mutex;
-  std::condition_variable cond;
-  bool flushing = true;
-  GstFlowReturn srcresult = GST_FLOW_FLUSHING;  // what chain functions return when not OK
-  std::vector<int64_t> speech;                  // speech tokens of the unfinished user turn
-  GstClockTime input_end = GST_CLOCK_TIME_NONE;
-  std::deque<QueuedTurn> turns;
-  bool sink_eos = false, text_sink_eos = false, eos_pending = false;
-  bool cancel_requested = false;  // barge-in
-  bool reset_requested = false;   // reset-history action
-  int64_t codebook = 0;           // model's n_audio, for caps and token checks
+  // Completed turns, barge-in, input EOS (thread-safe on its own).
+  glmvoice::gst::LlmTurnQueue turns;
+  // What chain functions return when the src task stopped (FLUSHING, EOS, an error).
+  std::atomic<GstFlowReturn> srcresult{GST_FLOW_FLUSHING};
+  std::atomic<bool> upstream_live{false};  // from the last LATENCY query
 
-  // Generation: owned by the src pad task (and by FLUSH_STOP / state changes while the task
-  // is paused or stopped, under the src pad's stream lock).
-  std::unique_ptr<glmvoice::llm::ChatState> chat;
+  // Input segments: each protected by its sink pad's stream lock.
+  GstSegment speech_segment;
+  GstSegment text_segment;
+  std::string partial_line;  // text-lines: bytes after the last newline (text_sink stream lock)
+
+  // Output: owned by the src task (and by FLUSH_STOP / state changes while it is paused
+  // or stopped, under the src pad's stream lock).
+  std::unique_ptr<LlmConversation> conversation;
   bool need_stream_start = true, need_segment = true, discont = true;
-  GstClockTime next_out = 0;        // end of the last answer on the output timeline
+  GstClockTime out_pos = 0;         // src timeline covered so far (answers and gaps)
+  GstClockTime text_pos = 0;        // text_src timeline covered so far
   GstClockTime response_start = 0;  // PTS of the current answer's first speech token
   int64_t speech_index = 0;         // speech tokens of the current answer so far
   guint64 token_offset = 0;         // speech tokens pushed since start / flush
-  int64_t turn_count = 0;
-  bool segment_mode = false;   // text-segments, copied per turn
-  std::string text_accum;      // text-segments mode: text of the current segment
-  std::chrono::steady_clock::time_point turn_t0;
-  double prefill_ms = 0;
+  bool segment_mode = false, lines_mode = false;  // text-segments / text-lines, per answer
+  std::string held_text;            // text-segments: the segment waiting for its speech run
+  GstClockTime held_pts = 0;        // start of that run
+  int64_t run_tokens = 0;           // speech tokens of that run so far
+  bool latency_warned = false;
 
   // text_src output: buffers and events queued in order and pushed by the text_src pad's own
-  // task, so a text branch that blocks (a sink waiting for preroll) never stalls generation
-  // and the speech branch needs no queue. Protected by text_mutex.
+  // task, so a text branch that blocks (a sink waiting for preroll) never stalls generation.
   std::mutex text_mutex;
   std::condition_variable text_cond;
-  std::deque<GstMiniObject*> text_queue;
-  bool text_flushing = true;
-  GstFlowReturn text_flow = GST_FLOW_OK;  // last fatal flow of the text branch
+  std::deque<GstMiniObject*> text_queue;  // text_mutex
+  bool text_flushing = true;              // text_mutex
+  GstFlowReturn text_flow = GST_FLOW_OK;  // text_mutex: last fatal flow of the text branch
 };
 
 #define gst_glm_voice_llm_parent_class parent_class
@@ -207,6 +242,7 @@ static GstPad* gst_glm_voice_llm_request_new_pad(GstElement* element, GstPadTemp
 static void gst_glm_voice_llm_release_pad(GstElement* element, GstPad* pad);
 static void gst_glm_voice_llm_reset_history(GstGlmVoiceLlm* self);
 static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, GstEvent* event);
+static gboolean gst_glm_voice_llm_sink_query(GstPad* pad, GstObject* parent, GstQuery* query);
 static gboolean gst_glm_voice_llm_src_query(GstPad* pad, GstObject* parent, GstQuery* query);
 static gboolean gst_glm_voice_llm_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
                                                     gboolean active);
@@ -319,6 +355,28 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
                                                        DEFAULT_TEXT_SEGMENTS, playing));
 
   /**
+   * GstGlmVoiceLlm:text-lines:
+   * TRUE: `text_sink` is a byte stream (e.g. `fdsrc` on a terminal) and every line is one
+   * user turn; every answer on `text_src` is one line: its newlines, control characters and
+   * backslashes are escaped (`\n`, `\t`, `\xNN`, `\\`) and a newline ends it.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_TEXT_LINES,
+      g_param_spec_boolean("text-lines", "Text lines",
+                           "text_sink: one turn per line; text_src: one escaped line per answer",
+                           DEFAULT_TEXT_LINES, ready));
+  /**
+   * GstGlmVoiceLlm:latency:
+   * Budget in ms from the end of a user turn to the answer's first tokens (prefill + first
+   * tokens). Added to the LATENCY query when upstream is live; a warning is posted once when
+   * an answer starts later than that. Changing it posts a LATENCY message.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_LATENCY,
+      g_param_spec_uint("latency", "Latency", "Latency budget in ms (prefill + first tokens; live pipelines)", 0,
+                        G_MAXUINT / 2, DEFAULT_LATENCY_MS, playing));
+
+  /**
    * GstGlmVoiceLlm::reset-history:
    * Action signal: forget the conversation; applied before the next turn starts.
    */
@@ -341,10 +399,13 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
 
 static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
   self->impl = new GstGlmVoiceLlmImpl();
+  gst_segment_init(&self->impl->speech_segment, GST_FORMAT_TIME);
+  gst_segment_init(&self->impl->text_segment, GST_FORMAT_TIME);
 
   self->sinkpad = gst_pad_new_from_static_template(&sink_template, "sink");
   gst_pad_set_chain_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_chain));
   gst_pad_set_event_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_sink_event));
+  gst_pad_set_query_function(self->sinkpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_sink_query));
   gst_element_add_pad(GST_ELEMENT(self), self->sinkpad);
 
   self->srcpad = gst_pad_new_from_static_template(&src_template, "src");
@@ -355,6 +416,7 @@ static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
 
   self->textsrcpad = gst_pad_new_from_static_template(&text_src_template, "text_src");
   gst_pad_set_activatemode_function(self->textsrcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_text_src_activate_mode));
+  gst_pad_set_query_function(self->textsrcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_llm_src_query));
   gst_pad_use_fixed_caps(self->textsrcpad);
   gst_element_add_pad(GST_ELEMENT(self), self->textsrcpad);
 
@@ -363,6 +425,7 @@ static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
 
 static void gst_glm_voice_llm_finalize(GObject* object) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(object);
+  for (GstMiniObject* obj : self->impl->text_queue) gst_mini_object_unref(obj);
   delete self->impl;
   self->impl = nullptr;
   G_OBJECT_CLASS(parent_class)->finalize(object);
@@ -375,6 +438,7 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     const gchar* s = g_value_get_string(value);
     return std::string(s ? s : fallback);
   };
+  bool latency_changed = false;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
     case PROP_MODEL_PATH: impl->model_path = str(""); break;
@@ -390,9 +454,16 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     case PROP_KEEP_HISTORY: impl->keep_history = g_value_get_boolean(value); break;
     case PROP_BARGE_IN: impl->barge_in = g_value_get_boolean(value); break;
     case PROP_TEXT_SEGMENTS: impl->text_segments = g_value_get_boolean(value); break;
+    case PROP_TEXT_LINES: impl->text_lines = g_value_get_boolean(value); break;
+    case PROP_LATENCY:
+      latency_changed = impl->latency_ms != g_value_get_uint(value);
+      impl->latency_ms = g_value_get_uint(value);
+      break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
+  // The pipeline recomputes its latency (messages are posted without the object lock).
+  if (latency_changed) gst_element_post_message(GST_ELEMENT(self), gst_message_new_latency(GST_OBJECT(self)));
 }
 
 static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValue* value, GParamSpec* pspec) {
@@ -416,6 +487,8 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
     case PROP_KEEP_HISTORY: g_value_set_boolean(value, impl->keep_history); break;
     case PROP_BARGE_IN: g_value_set_boolean(value, impl->barge_in); break;
     case PROP_TEXT_SEGMENTS: g_value_set_boolean(value, impl->text_segments); break;
+    case PROP_TEXT_LINES: g_value_set_boolean(value, impl->text_lines); break;
+    case PROP_LATENCY: g_value_set_uint(value, impl->latency_ms); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -432,19 +505,15 @@ static gboolean load_model(GstGlmVoiceLlm* self) {
       GST_ELEMENT(self), "llm", "language model", path, MODEL_SUBDIR, device, dtype);
   if (!model) return FALSE;
   if (model->tokenizer().n_audio() <= 0) {
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Could not load the language model",
-                              glmvoice::Error(glmvoice::ErrorCode::kMismatch, model->options().path,
-                                              "tokenizer_config.json",
-                                              "the tokenizer defines no <|audio_N|> tokens"));
+    GLMVOICE_ELEMENT_ERROR(self, "Could not load the language model",
+                           glmvoice::Error(glmvoice::ErrorCode::kMismatch, model->options().path,
+                                           "tokenizer_config.json", "the tokenizer defines no <|audio_N|> tokens"));
     return FALSE;
   }
   GST_OBJECT_LOCK(self);
   impl->model = model;
+  impl->codebook = static_cast<gint>(model->tokenizer().n_audio());
   GST_OBJECT_UNLOCK(self);
-  {
-    std::lock_guard<std::mutex> lock(impl->mutex);
-    impl->codebook = model->tokenizer().n_audio();
-  }
   const auto& c = model->config();
   GST_INFO_OBJECT(self,
                   "llm %s on %s: %" G_GINT64_FORMAT " layers, hidden %" G_GINT64_FORMAT ", vocab %" G_GINT64_FORMAT
@@ -459,10 +528,11 @@ static gboolean load_model(GstGlmVoiceLlm* self) {
 static void reset_output(GstGlmVoiceLlmImpl* impl) {
   impl->need_segment = true;
   impl->discont = true;
-  impl->next_out = 0;
+  impl->out_pos = impl->text_pos = impl->response_start = 0;
   impl->speech_index = 0;
   impl->token_offset = 0;
-  impl->text_accum.clear();
+  impl->held_text.clear();
+  impl->run_tokens = 0;
 }
 
 static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, GstStateChange transition) {
@@ -474,21 +544,16 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       break;
     case GST_STATE_CHANGE_READY_TO_PAUSED: {
       GST_OBJECT_LOCK(self);
-      glmvoice::llm::ChatOptions options;
-      options.seed = impl->seed;
+      const guint64 seed = impl->seed;
       auto model = impl->model;
       GST_OBJECT_UNLOCK(self);
-      impl->chat = std::make_unique<glmvoice::llm::ChatState>(model, options);
-      {
-        std::lock_guard<std::mutex> lock(impl->mutex);
-        impl->speech.clear();
-        impl->turns.clear();
-        impl->input_end = GST_CLOCK_TIME_NONE;
-        impl->sink_eos = impl->text_sink_eos = impl->eos_pending = false;
-        impl->cancel_requested = impl->reset_requested = false;
-      }
+      impl->conversation = std::make_unique<LlmConversation>(model, seed);
+      impl->turns.set_flushing(true, /*drop_input=*/true);
+      gst_segment_init(&impl->speech_segment, GST_FORMAT_TIME);
+      gst_segment_init(&impl->text_segment, GST_FORMAT_TIME);
+      impl->partial_line.clear();
       impl->need_stream_start = true;
-      impl->turn_count = 0;
+      impl->latency_warned = false;
       reset_output(impl);
       break;
     }
@@ -501,11 +566,12 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
 
   switch (transition) {
     case GST_STATE_CHANGE_PAUSED_TO_READY:
-      impl->chat.reset();  // the task is stopped (pads deactivated)
+      impl->conversation.reset();  // the task is stopped (pads deactivated)
       break;
     case GST_STATE_CHANGE_READY_TO_NULL:
       GST_OBJECT_LOCK(self);
       impl->model.reset();
+      impl->codebook = 0;
       GST_OBJECT_UNLOCK(self);
       break;
     default:
@@ -515,8 +581,7 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
 }
 
 static void gst_glm_voice_llm_reset_history(GstGlmVoiceLlm* self) {
-  std::lock_guard<std::mutex> lock(self->impl->mutex);
-  self->impl->reset_requested = true;
+  self->impl->turns.request_reset();
   GST_INFO_OBJECT(self, "history reset requested");
 }
 
@@ -539,10 +604,6 @@ static GstPad* gst_glm_voice_llm_request_new_pad(GstElement* element, GstPadTemp
   GST_OBJECT_LOCK(self);
   self->textsinkpad = pad;
   GST_OBJECT_UNLOCK(self);
-  {
-    std::lock_guard<std::mutex> lock(self->impl->mutex);
-    self->impl->text_sink_eos = false;
-  }
   if (GST_STATE(element) > GST_STATE_READY) gst_pad_set_active(pad, TRUE);
   gst_element_add_pad(element, pad);
   return pad;
@@ -568,8 +629,8 @@ static void text_set_flushing(GstGlmVoiceLlmImpl* impl, bool flushing) {
   impl->text_cond.notify_all();
 }
 
-// Queues a buffer or event for text_src (takes ownership). Returns the text branch's last
-// fatal flow (GST_FLOW_OK if none).
+// Queues a buffer or event for text_src (takes ownership); never blocks. Returns the text
+// branch's last fatal flow (GST_FLOW_OK if none).
 static GstFlowReturn text_enqueue(GstGlmVoiceLlmImpl* impl, GstMiniObject* obj) {
   std::lock_guard<std::mutex> lock(impl->text_mutex);
   if (impl->text_flushing) {
@@ -622,40 +683,25 @@ static gboolean gst_glm_voice_llm_text_src_activate_mode(GstPad* pad, GstObject*
 
 /* ---- input side -------------------------------------------------------------------- */
 
-// Queues a completed user turn (caller holds impl->mutex) and wakes the task.
-static void queue_turn(GstGlmVoiceLlm* self, glmvoice::llm::UserTurn turn) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  QueuedTurn q;
-  q.turn = std::move(turn);
-  q.input_end = impl->input_end;
-  impl->turns.push_back(std::move(q));
-  GST_OBJECT_LOCK(self);
-  const bool barge_in = impl->barge_in;
-  GST_OBJECT_UNLOCK(self);
-  if (barge_in) impl->cancel_requested = true;
-  impl->cond.notify_all();
+// Running time of the end of [pts, pts + duration) in `segment`; NONE when unknown.
+static GstClockTime running_end(const GstSegment& segment, GstClockTime pts, GstClockTime duration) {
+  if (segment.format != GST_FORMAT_TIME || !GST_CLOCK_TIME_IS_VALID(pts)) return GST_CLOCK_TIME_NONE;
+  GstClockTime end = pts + (GST_CLOCK_TIME_IS_VALID(duration) ? duration : 0);
+  if (GST_CLOCK_TIME_IS_VALID(segment.stop) && end > segment.stop) end = segment.stop;
+  return gst_segment_to_running_time(&segment, GST_FORMAT_TIME, end);
 }
 
-// The user's speech turn is complete (end-of-turn or EOS); caller holds impl->mutex.
-static void finish_speech_turn(GstGlmVoiceLlm* self) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  if (impl->speech.empty()) {
-    GST_DEBUG_OBJECT(self, "end of turn without speech tokens: nothing to answer");
-    return;
-  }
-  GST_OBJECT_LOCK(self);
-  const std::string instruction = impl->instruction;
-  GST_OBJECT_UNLOCK(self);
-  GST_INFO_OBJECT(self, "user speech turn of %zu tokens complete", impl->speech.size());
-  queue_turn(self, glmvoice::llm::UserTurn::speech(std::move(impl->speech), instruction));
-  impl->speech.clear();
-}
+struct TurnInputSettings {
+  std::string instruction;
+  bool barge_in;
+  bool text_lines;
+};
 
-static void note_input_time(GstGlmVoiceLlmImpl* impl, GstBuffer* buffer, GstClockTime fallback_duration) {
-  if (!GST_BUFFER_PTS_IS_VALID(buffer)) return;
-  GstClockTime end = GST_BUFFER_PTS(buffer);
-  end += GST_BUFFER_DURATION_IS_VALID(buffer) ? GST_BUFFER_DURATION(buffer) : fallback_duration;
-  if (!GST_CLOCK_TIME_IS_VALID(impl->input_end) || end > impl->input_end) impl->input_end = end;
+static TurnInputSettings input_settings(GstGlmVoiceLlm* self) {
+  GST_OBJECT_LOCK(self);
+  TurnInputSettings s{self->impl->instruction, self->impl->barge_in != FALSE, self->impl->text_lines != FALSE};
+  GST_OBJECT_UNLOCK(self);
+  return s;
 }
 
 static GstFlowReturn gst_glm_voice_llm_chain(GstPad*, GstObject* parent, GstBuffer* buffer) {
@@ -663,40 +709,55 @@ static GstFlowReturn gst_glm_voice_llm_chain(GstPad*, GstObject* parent, GstBuff
   GstGlmVoiceLlmImpl* impl = self->impl;
   std::vector<int32_t> tokens;
   const glmvoice::gst::TokenRead read = glmvoice::gst::read_tokens(buffer, tokens);
+  const GstClockTime end = running_end(impl->speech_segment, GST_BUFFER_PTS(buffer),
+                                       GST_BUFFER_DURATION_IS_VALID(buffer)
+                                           ? GST_BUFFER_DURATION(buffer)
+                                           : tokens.size() * GST_GLM_VOICE_TOKEN_DURATION);
+  gst_buffer_unref(buffer);
   if (read == glmvoice::gst::TokenRead::kMapFailed) {
-    gst_buffer_unref(buffer);
     GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
     return GST_FLOW_ERROR;
   }
-  const bool ragged = read == glmvoice::gst::TokenRead::kRagged;
-  const gsize n = tokens.size();
-
-  std::unique_lock<std::mutex> lock(impl->mutex);
+  const GstFlowReturn result = impl->srcresult.load();
+  if (result != GST_FLOW_OK) return result;
+  GST_OBJECT_LOCK(self);
   const int64_t codebook = impl->codebook;
-  if (impl->srcresult != GST_FLOW_OK) {
-    const GstFlowReturn ret = impl->srcresult;
-    lock.unlock();
-    gst_buffer_unref(buffer);
-    return ret;
-  }
-  std::string bad = ragged ? "buffer size is not a multiple of 4 bytes" : "";
+  GST_OBJECT_UNLOCK(self);
+  std::string bad = read == glmvoice::gst::TokenRead::kRagged ? "buffer size is not a multiple of 4 bytes" : "";
   for (size_t i = 0; i < tokens.size() && bad.empty(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= codebook) {
       bad = std::to_string(tokens[i]) + " is outside the model's " + std::to_string(codebook) + " speech tokens";
     }
   }
   if (!bad.empty()) {
-    lock.unlock();
-    gst_buffer_unref(buffer);
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Invalid speech token",
-                              glmvoice::Error(glmvoice::ErrorCode::kBadInput, "", "speech token", bad));
+    GLMVOICE_ELEMENT_ERROR(self, "Invalid speech token",
+                           glmvoice::Error(glmvoice::ErrorCode::kBadInput, "", "speech token", bad));
     return GST_FLOW_ERROR;
   }
-  note_input_time(impl, buffer, n * GST_GLM_VOICE_TOKEN_DURATION);
-  impl->speech.insert(impl->speech.end(), tokens.begin(), tokens.end());
-  lock.unlock();
-  gst_buffer_unref(buffer);
+  impl->turns.add_speech(tokens, end);
   return GST_FLOW_OK;
+}
+
+// text-lines: queues every complete line of `impl->partial_line` (all of it at EOS).
+static void queue_text_lines(GstGlmVoiceLlm* self, const TurnInputSettings& s, GstClockTime end, bool at_eos) {
+  std::string& rest = self->impl->partial_line;
+  size_t start = 0;
+  for (;;) {
+    const size_t nl = rest.find('\n', start);
+    if (nl == std::string::npos && !at_eos) break;
+    std::string line = rest.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) {
+      GST_INFO_OBJECT(self, "user text line of %zu bytes", line.size());
+      self->impl->turns.add_text_turn(std::move(line), s.instruction, end, s.barge_in);
+    }
+    if (nl == std::string::npos) {
+      start = rest.size();
+      break;
+    }
+    start = nl + 1;
+  }
+  rest.erase(0, start);
 }
 
 static GstFlowReturn gst_glm_voice_llm_text_chain(GstPad*, GstObject* parent, GstBuffer* buffer) {
@@ -710,121 +771,155 @@ static GstFlowReturn gst_glm_voice_llm_text_chain(GstPad*, GstObject* parent, Gs
   }
   std::string text(reinterpret_cast<const char*>(map.data), map.size);
   gst_buffer_unmap(buffer, &map);
-  while (!text.empty() && text.back() == '\0') text.pop_back();
-  GST_OBJECT_LOCK(self);
-  const std::string instruction = impl->instruction;
-  GST_OBJECT_UNLOCK(self);
-  std::lock_guard<std::mutex> lock(impl->mutex);
-  if (impl->srcresult != GST_FLOW_OK) {
-    gst_buffer_unref(buffer);
-    return impl->srcresult;
-  }
-  note_input_time(impl, buffer, 0);
+  const GstClockTime end = running_end(impl->text_segment, GST_BUFFER_PTS(buffer), GST_BUFFER_DURATION(buffer));
   gst_buffer_unref(buffer);
-  if (text.empty()) return GST_FLOW_OK;
+  const GstFlowReturn result = impl->srcresult.load();
+  if (result != GST_FLOW_OK) return result;
+  const TurnInputSettings s = input_settings(self);
+  if (s.text_lines) {
+    impl->partial_line += text;
+    queue_text_lines(self, s, end, false);
+    return GST_FLOW_OK;
+  }
+  while (!text.empty() && text.back() == '\0') text.pop_back();
+  if (text.empty()) {
+    impl->turns.add_time(end);
+    return GST_FLOW_OK;
+  }
   GST_INFO_OBJECT(self, "user text turn of %zu bytes", text.size());
-  queue_turn(self, glmvoice::llm::UserTurn::from_text(std::move(text), instruction));
+  impl->turns.add_text_turn(std::move(text), s.instruction, end, s.barge_in);
   return GST_FLOW_OK;
 }
 
-static void check_all_eos(GstGlmVoiceLlm* self) {  // caller holds impl->mutex
+// EOS once every linked sink pad got EOS.
+static void check_all_eos(GstGlmVoiceLlm* self) {
   GstGlmVoiceLlmImpl* impl = self->impl;
   GST_OBJECT_LOCK(self);
   GstPad* text_sink = self->textsinkpad ? GST_PAD(gst_object_ref(self->textsinkpad)) : nullptr;
   GST_OBJECT_UNLOCK(self);
-  const bool speech_done = impl->sink_eos || !gst_pad_is_linked(self->sinkpad);
-  const bool text_done = !text_sink || impl->text_sink_eos || !gst_pad_is_linked(text_sink);
+  const bool speech_eos = impl->turns.input_eos(false), text_eos = impl->turns.input_eos(true);
+  const bool speech_done = speech_eos || !gst_pad_is_linked(self->sinkpad);
+  const bool text_done = !text_sink || text_eos || !gst_pad_is_linked(text_sink);
   if (text_sink) gst_object_unref(text_sink);
-  if (speech_done && text_done && (impl->sink_eos || impl->text_sink_eos)) {
-    impl->eos_pending = true;
-    impl->cond.notify_all();
+  if (speech_done && text_done && (speech_eos || text_eos)) impl->turns.finish();
+}
+
+static void flush_start(GstGlmVoiceLlm* self, GstEvent* event) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  impl->srcresult = GST_FLOW_FLUSHING;
+  impl->turns.set_flushing(true, /*drop_input=*/false);
+  text_set_flushing(impl, true);
+  gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
+  gst_pad_push_event(self->srcpad, event);
+  gst_pad_pause_task(self->textsrcpad);
+  gst_pad_pause_task(self->srcpad);  // waits for the current token to finish
+  GST_DEBUG_OBJECT(self, "flush start: generation paused");
+}
+
+static void flush_stop(GstGlmVoiceLlm* self, GstEvent* event) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
+  gst_pad_push_event(self->srcpad, event);
+  GST_PAD_STREAM_LOCK(self->srcpad);
+  if (impl->conversation) impl->conversation->abandon();  // the history keeps the generated part
+  reset_output(impl);
+  GST_PAD_STREAM_UNLOCK(self->srcpad);
+  impl->partial_line.clear();
+  // Restart the tasks only on pads that are still active: a FLUSH_STOP racing with
+  // PAUSED->READY must not leave a task running on a deactivated pad (as gstqueue).
+  if (gst_pad_is_active(self->textsrcpad)) {
+    text_set_flushing(impl, false);
+    gst_pad_start_task(self->textsrcpad, gst_glm_voice_llm_text_loop, self, nullptr);
   }
+  if (gst_pad_is_active(self->srcpad)) {
+    impl->turns.set_flushing(false, /*drop_input=*/true);
+    impl->srcresult = GST_FLOW_OK;
+    gst_pad_start_task(self->srcpad, gst_glm_voice_llm_loop, self, nullptr);
+  }
+}
+
+// Until gst/glmvoice_events.h has the start-of-speech trio.
+static bool is_start_of_speech(GstEvent* event) {
+  const GstStructure* s = GST_EVENT_TYPE(event) == GST_EVENT_CUSTOM_DOWNSTREAM ? gst_event_get_structure(event) : nullptr;
+  return s && gst_structure_has_name(s, "GstGlmVoiceStartOfSpeech");
 }
 
 static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, GstEvent* event) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
   GstGlmVoiceLlmImpl* impl = self->impl;
   const bool is_text = pad != self->sinkpad;
+  GstSegment& segment = is_text ? impl->text_segment : impl->speech_segment;
   switch (GST_EVENT_TYPE(event)) {
     case GST_EVENT_CAPS: {
-      GstCaps* caps = nullptr;
-      gst_event_parse_caps(event, &caps);
       gboolean ok = TRUE;
       if (!is_text) {
+        // Normally refused before this by the accept-caps check (the CAPS query answers the
+        // model's codebook); an element that skips it gets not-negotiated.
+        GstCaps* caps = nullptr;
+        gst_event_parse_caps(event, &caps);
         gint size = 0;
-        std::lock_guard<std::mutex> lock(impl->mutex);
-        if (!gst_glm_voice_tokens_caps_parse(caps, &size) || size != impl->codebook) {
-          glmvoice::gst::post_error(
-              GST_ELEMENT(self), "Speech token caps do not match the model",
-              glmvoice::Error(glmvoice::ErrorCode::kBadInput, "", "codebook-size",
-                              "input codebook-size " + std::to_string(size) + " but the model has " +
-                                  std::to_string(impl->codebook) + " speech tokens"));
-          ok = FALSE;
-        }
+        GST_OBJECT_LOCK(self);
+        const gint codebook = impl->codebook;
+        GST_OBJECT_UNLOCK(self);
+        ok = gst_glm_voice_tokens_caps_parse(caps, &size) && size == codebook;
+        if (!ok) GST_WARNING_OBJECT(self, "caps %" GST_PTR_FORMAT " do not match the model's %d speech tokens", caps, codebook);
       }
       gst_event_unref(event);
       return ok;
     }
-    case GST_EVENT_STREAM_START:
     case GST_EVENT_SEGMENT:
-    case GST_EVENT_TAG:
-      gst_event_unref(event);  // the answer is a new stream with its own timeline
+      gst_event_copy_segment(event, &segment);
+      GST_DEBUG_OBJECT(pad, "segment %" GST_SEGMENT_FORMAT, &segment);
+      gst_event_unref(event);  // the answer is a new stream with its own segment
       return TRUE;
+    case GST_EVENT_STREAM_START:
+    case GST_EVENT_TAG:
+      gst_event_unref(event);  // the answer is a new stream
+      return TRUE;
+    case GST_EVENT_GAP: {
+      // No input for a while: time moves on (an answer starts after it), forwarded as GAP
+      // on both src pads when no answer is in progress.
+      GstClockTime ts = GST_CLOCK_TIME_NONE, duration = GST_CLOCK_TIME_NONE;
+      gst_event_parse_gap(event, &ts, &duration);
+      impl->turns.add_time(running_end(segment, ts, duration));
+      gst_event_unref(event);
+      return TRUE;
+    }
     case GST_EVENT_EOS: {
-      std::lock_guard<std::mutex> lock(impl->mutex);
+      const TurnInputSettings s = input_settings(self);
       if (is_text) {
-        impl->text_sink_eos = true;
+        if (s.text_lines) queue_text_lines(self, s, GST_CLOCK_TIME_NONE, /*at_eos=*/true);
       } else {
-        impl->sink_eos = true;
-        finish_speech_turn(self);
+        impl->turns.end_speech_turn(s.instruction, s.barge_in);
       }
+      impl->turns.set_input_eos(is_text);
       check_all_eos(self);
       gst_event_unref(event);
       return TRUE;
     }
-    case GST_EVENT_FLUSH_START: {
-      {
-        std::lock_guard<std::mutex> lock(impl->mutex);
-        impl->flushing = true;
-        impl->srcresult = GST_FLOW_FLUSHING;
-        impl->cond.notify_all();
-      }
-      text_set_flushing(impl, true);
-      gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
-      gst_pad_push_event(self->srcpad, event);
-      gst_pad_pause_task(self->textsrcpad);
-      gst_pad_pause_task(self->srcpad);  // waits for the current token to finish
-      GST_DEBUG_OBJECT(self, "flush start: generation paused");
+    case GST_EVENT_FLUSH_START:
+      flush_start(self, event);
       return TRUE;
-    }
-    case GST_EVENT_FLUSH_STOP: {
-      gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
-      gst_pad_push_event(self->srcpad, event);
-      GST_PAD_STREAM_LOCK(self->srcpad);
-      if (impl->chat && impl->chat->in_turn()) impl->chat->cancel();  // history keeps the generated part
-      reset_output(impl);
-      GST_PAD_STREAM_UNLOCK(self->srcpad);
-      text_set_flushing(impl, false);
-      gst_pad_start_task(self->textsrcpad, gst_glm_voice_llm_text_loop, self, nullptr);
-      {
-        std::lock_guard<std::mutex> lock(impl->mutex);
-        impl->speech.clear();
-        impl->turns.clear();
-        impl->input_end = GST_CLOCK_TIME_NONE;
-        impl->sink_eos = impl->text_sink_eos = impl->eos_pending = false;
-        impl->cancel_requested = false;
-        impl->flushing = false;
-        impl->srcresult = GST_FLOW_OK;
-      }
-      gst_pad_start_task(self->srcpad, gst_glm_voice_llm_loop, self, nullptr);
+    case GST_EVENT_FLUSH_STOP:
+      gst_segment_init(&segment, GST_FORMAT_TIME);
+      flush_stop(self, event);
       return TRUE;
-    }
     default:
       break;
   }
   if (gst_glm_voice_event_is_end_of_turn(event)) {
-    std::lock_guard<std::mutex> lock(impl->mutex);
-    if (!is_text) finish_speech_turn(self);
+    const TurnInputSettings s = input_settings(self);
+    if (!is_text && !impl->turns.end_speech_turn(s.instruction, s.barge_in)) {
+      GST_DEBUG_OBJECT(self, "end of turn without speech tokens: nothing to answer");
+    }
+    gst_event_unref(event);
+    return TRUE;
+  }
+  if (is_start_of_speech(event)) {
+    if (input_settings(self).barge_in) {
+      GST_INFO_OBJECT(self, "the user started speaking: barge-in");
+      impl->turns.interrupt();
+    }
     gst_event_unref(event);
     return TRUE;
   }
@@ -835,14 +930,60 @@ static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, Gst
   return gst_pad_event_default(pad, parent, event);
 }
 
+static gboolean gst_glm_voice_llm_sink_query(GstPad* pad, GstObject* parent, GstQuery* query) {
+  GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
+  if (GST_QUERY_TYPE(query) == GST_QUERY_CAPS) {
+    // The loaded model's codebook, so that upstream negotiates it or fails to link.
+    GST_OBJECT_LOCK(self);
+    const gint codebook = self->impl->codebook;
+    GST_OBJECT_UNLOCK(self);
+    GstCaps* caps = codebook > 0 ? gst_glm_voice_tokens_caps_new(codebook) : gst_pad_get_pad_template_caps(pad);
+    GstCaps* filter = nullptr;
+    gst_query_parse_caps(query, &filter);
+    if (filter) {
+      GstCaps* both = gst_caps_intersect_full(filter, caps, GST_CAPS_INTERSECT_FIRST);
+      gst_caps_unref(caps);
+      caps = both;
+    }
+    gst_query_set_caps_result(query, caps);
+    gst_caps_unref(caps);
+    return TRUE;
+  }
+  return gst_pad_query_default(pad, parent, query);
+}
+
 /* ---- output side ------------------------------------------------------------------- */
 
 static gboolean gst_glm_voice_llm_src_query(GstPad* pad, GstObject* parent, GstQuery* query) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
+  GstGlmVoiceLlmImpl* impl = self->impl;
   if (GST_QUERY_TYPE(query) == GST_QUERY_LATENCY) {
-    // Nothing of our own: the answer's timeline starts when the user's turn ends.
-    gboolean res = gst_pad_peer_query(self->sinkpad, query);
-    if (!res) gst_query_set_latency(query, FALSE, 0, GST_CLOCK_TIME_NONE);
+    // Upstream of the answers: the speech input, or the text input when only that is linked.
+    GST_OBJECT_LOCK(self);
+    GstPad* input = GST_PAD(gst_object_ref(self->sinkpad));
+    if (!gst_pad_is_linked(input) && self->textsinkpad) {
+      gst_object_unref(input);
+      input = GST_PAD(gst_object_ref(self->textsinkpad));
+    }
+    const GstClockTime budget = self->impl->latency_ms * GST_MSECOND;
+    GST_OBJECT_UNLOCK(self);
+    gboolean live = FALSE;
+    GstClockTime min = 0, max = GST_CLOCK_TIME_NONE;
+    GstQuery* upstream = gst_query_new_latency();
+    if (gst_pad_peer_query(input, upstream)) gst_query_parse_latency(upstream, &live, &min, &max);
+    gst_query_unref(upstream);
+    gst_object_unref(input);
+    impl->upstream_live = live != FALSE;
+    if (live) {
+      min += budget;
+      if (GST_CLOCK_TIME_IS_VALID(max)) max += budget;
+    } else {
+      min = 0;
+      max = GST_CLOCK_TIME_NONE;
+    }
+    GST_DEBUG_OBJECT(pad, "latency: live %d, min %" GST_TIME_FORMAT ", max %" GST_TIME_FORMAT, live,
+                     GST_TIME_ARGS(min), GST_TIME_ARGS(max));
+    gst_query_set_latency(query, live, min, max);
     return TRUE;
   }
   return gst_pad_query_default(pad, parent, query);
@@ -854,19 +995,12 @@ static gboolean gst_glm_voice_llm_src_activate_mode(GstPad* pad, GstObject* pare
   GstGlmVoiceLlmImpl* impl = self->impl;
   if (mode != GST_PAD_MODE_PUSH) return FALSE;
   if (active) {
-    {
-      std::lock_guard<std::mutex> lock(impl->mutex);
-      impl->flushing = false;
-      impl->srcresult = GST_FLOW_OK;
-    }
+    impl->turns.set_flushing(false, /*drop_input=*/false);
+    impl->srcresult = GST_FLOW_OK;
     return gst_pad_start_task(pad, gst_glm_voice_llm_loop, self, nullptr);
   }
-  {
-    std::lock_guard<std::mutex> lock(impl->mutex);
-    impl->flushing = true;
-    impl->srcresult = GST_FLOW_FLUSHING;
-    impl->cond.notify_all();
-  }
+  impl->srcresult = GST_FLOW_FLUSHING;
+  impl->turns.set_flushing(true, /*drop_input=*/false);
   return gst_pad_stop_task(pad);
 }
 
@@ -877,7 +1011,7 @@ static void push_sticky_events(GstGlmVoiceLlm* self) {
     // sink pads, so gst_pad_create_stream_id() cannot be used).
     const guint group = gst_util_group_id_next();
     const guint32 r1 = g_random_int(), r2 = g_random_int();
-    for (GstPad* pad : {self->srcpad, self->textsrcpad}) {
+    for (GstPad* pad : {self->textsrcpad, self->srcpad}) {
       gchar* id = g_strdup_printf("%08x%08x/%s", r1, r2, pad == self->srcpad ? "speech" : "text");
       GstEvent* ev = gst_event_new_stream_start(id);
       gst_event_set_group_id(ev, group);
@@ -888,36 +1022,115 @@ static void push_sticky_events(GstGlmVoiceLlm* self) {
       }
       g_free(id);
     }
-    GstCaps* caps = gst_glm_voice_tokens_caps_new(static_cast<gint>(impl->chat->model().tokenizer().n_audio()));
-    gst_pad_push_event(self->srcpad, gst_event_new_caps(caps));
-    gst_caps_unref(caps);
-    caps = gst_caps_from_string(GST_GLM_VOICE_TEXT_CAPS);
+    GstCaps* caps = gst_caps_from_string(GST_GLM_VOICE_TEXT_CAPS);
     text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_caps(caps)));
+    gst_caps_unref(caps);
+    caps = gst_glm_voice_tokens_caps_new(static_cast<gint>(impl->conversation->model().tokenizer().n_audio()));
+    gst_pad_push_event(self->srcpad, gst_event_new_caps(caps));
     gst_caps_unref(caps);
     impl->need_stream_start = false;
   }
   if (impl->need_segment) {
     GstSegment segment;
     gst_segment_init(&segment, GST_FORMAT_TIME);
-    gst_pad_push_event(self->srcpad, gst_event_new_segment(&segment));
     text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_segment(&segment)));
+    gst_pad_push_event(self->srcpad, gst_event_new_segment(&segment));
     impl->need_segment = false;
   }
 }
 
-static GstFlowReturn push_text(GstGlmVoiceLlm* self, const std::string& text) {
+// PTS of the next speech token of the answer in progress.
+static GstClockTime speech_position(const GstGlmVoiceLlmImpl* impl) {
+  return impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
+}
+
+// Covers text_src's timeline up to `end` with a GAP (queued: never blocks). `always`: also a
+// zero-length GAP, so that a text sink prerolls before a speech push that may block.
+static void cover_text(GstGlmVoiceLlmImpl* impl, GstClockTime end, bool always) {
+  if (end < impl->text_pos || (end == impl->text_pos && !always)) return;
+  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_gap(impl->text_pos, end - impl->text_pos)));
+  impl->text_pos = end;
+}
+
+// Moves both output timelines to `end` with GAP events (the text one first: the speech push
+// may block in a sink's preroll until the text sink has prerolled too).
+static void advance_outputs(GstGlmVoiceLlm* self, GstClockTime end, bool always) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  if (text.empty()) return GST_FLOW_OK;
-  GstBuffer* buf = gst_buffer_new_memdup(text.data(), text.size());
-  GST_BUFFER_PTS(buf) = impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
+  if (!GST_CLOCK_TIME_IS_VALID(end) || end < impl->out_pos || (end == impl->out_pos && !always)) return;
+  cover_text(impl, end, always);
+  gst_pad_push_event(self->srcpad, gst_event_new_gap(impl->out_pos, end - impl->out_pos));
+  impl->out_pos = end;
+}
+
+// text-lines: one line per answer, so newlines and control bytes inside it are escaped.
+static std::string escape_line(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    switch (c) {
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\\': out += "\\\\"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char hex[8];
+          g_snprintf(hex, sizeof hex, "\\x%02X", c);
+          out += hex;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out;
+}
+
+static GstFlowReturn push_text_buffer(GstGlmVoiceLlmImpl* impl, const std::string& text, GstClockTime pts,
+                                      GstClockTime duration) {
+  const std::string out = impl->lines_mode ? escape_line(text) : text;
+  if (out.empty()) return GST_FLOW_OK;
+  GstBuffer* buf = gst_buffer_new_memdup(out.data(), out.size());
+  GST_BUFFER_PTS(buf) = pts;
+  GST_BUFFER_DURATION(buf) = duration;
+  if (pts > impl->text_pos) impl->text_pos = pts;
+  if (GST_CLOCK_TIME_IS_VALID(duration) && pts + duration > impl->text_pos) impl->text_pos = pts + duration;
   return text_enqueue(impl, GST_MINI_OBJECT_CAST(buf));
+}
+
+// text-segments: the held segment goes out with the speech run that followed it.
+static GstFlowReturn push_held_text(GstGlmVoiceLlmImpl* impl) {
+  if (impl->held_text.empty()) return GST_FLOW_OK;
+  const GstClockTime pts = impl->run_tokens > 0 ? impl->held_pts : speech_position(impl);
+  const GstFlowReturn ret = push_text_buffer(impl, impl->held_text, pts, impl->run_tokens * GST_GLM_VOICE_TOKEN_DURATION);
+  impl->held_text.clear();
+  impl->run_tokens = 0;
+  return ret;
+}
+
+static GstFlowReturn add_text(GstGlmVoiceLlmImpl* impl, const std::string& text) {
+  if (text.empty()) return GST_FLOW_OK;
+  if (!impl->segment_mode) return push_text_buffer(impl, text, speech_position(impl), GST_CLOCK_TIME_NONE);
+  GstFlowReturn ret = GST_FLOW_OK;
+  if (impl->run_tokens > 0) ret = push_held_text(impl);  // a new segment begins
+  impl->held_text += text;
+  return ret;
 }
 
 static GstFlowReturn push_speech_token(GstGlmVoiceLlm* self, int64_t token) {
   GstGlmVoiceLlmImpl* impl = self->impl;
+  const GstClockTime pts = speech_position(impl);
+  if (impl->segment_mode && !impl->held_text.empty()) {
+    // The held text will carry this run's start: the text timeline waits there.
+    if (impl->run_tokens == 0) {
+      impl->held_pts = pts;
+      cover_text(impl, pts, /*always=*/true);
+    }
+    ++impl->run_tokens;
+  } else {
+    cover_text(impl, pts + GST_GLM_VOICE_TOKEN_DURATION, false);
+  }
   const gint32 value = static_cast<gint32>(token);
   GstBuffer* buf = gst_glm_voice_tokens_buffer_new(&value, 1);
-  GST_BUFFER_PTS(buf) = impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
+  GST_BUFFER_PTS(buf) = pts;
   GST_BUFFER_DURATION(buf) = GST_GLM_VOICE_TOKEN_DURATION;
   GST_BUFFER_OFFSET(buf) = impl->token_offset;
   GST_BUFFER_OFFSET_END(buf) = impl->token_offset + 1;
@@ -927,192 +1140,168 @@ static GstFlowReturn push_speech_token(GstGlmVoiceLlm* self, int64_t token) {
   }
   ++impl->speech_index;
   ++impl->token_offset;
+  impl->out_pos = pts + GST_GLM_VOICE_TOKEN_DURATION;
   const GstFlowReturn ret = gst_pad_push(self->srcpad, buf);
   // Text-only use: an unlinked speech pad is fine while text_src is linked.
   if (ret == GST_FLOW_NOT_LINKED && gst_pad_is_linked(self->textsrcpad)) return GST_FLOW_OK;
   return ret;
 }
 
-static GValue int_array(const std::vector<int64_t>& ids) {
-  GValue array = G_VALUE_INIT;
-  gst_value_array_init(&array, static_cast<guint>(ids.size()));
-  for (int64_t id : ids) {
-    GValue v = G_VALUE_INIT;
-    g_value_init(&v, G_TYPE_INT);
-    g_value_set_int(&v, static_cast<gint>(id));
-    gst_value_array_append_and_take_value(&array, &v);
-  }
-  return array;
-}
-
-static void post_turn_message(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEvent& end) {
+// Sends end-of-response on both pads (text first), so that the answer ends where its last
+// speech token ends; an answer without speech gets a GAP on src so its sink prerolls.
+static void end_response(GstGlmVoiceLlm* self, const char* reason) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  const auto& chat = *impl->chat;
-  const double total_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - impl->turn_t0).count();
-  const int64_t generated = static_cast<int64_t>(chat.completion_ids().size());
-  const double decode_ms = generated > 1 ? (total_ms - impl->prefill_ms) / static_cast<double>(generated - 1) : 0.0;
-  const std::string text = chat.completion_text();
-  GstStructure* s = gst_structure_new(
-      TURN_MESSAGE_NAME, "turn", G_TYPE_INT, static_cast<gint>(impl->turn_count), "text", G_TYPE_STRING, text.c_str(),
-      "reason", G_TYPE_STRING, glmvoice::llm::stop_reason_name(end.reason), "prompt-tokens", G_TYPE_INT,
-      static_cast<gint>(chat.prompt_ids().size()), "generated-tokens", G_TYPE_INT, static_cast<gint>(generated),
-      "speech-tokens", G_TYPE_INT, static_cast<gint>(impl->speech_index), "prefill-ms", G_TYPE_DOUBLE,
-      impl->prefill_ms, "decode-ms-per-token", G_TYPE_DOUBLE, decode_ms, NULL);
-  GValue input = int_array(chat.prompt_ids()), completion = int_array(chat.completion_ids());
-  gst_structure_take_value(s, "input-ids", &input);
-  gst_structure_take_value(s, "completion-ids", &completion);
-  GST_INFO_OBJECT(self, "turn %" G_GINT64_FORMAT ": %zu prompt tokens, %" G_GINT64_FORMAT
-                  " generated (%s), prefill %.1f ms, %.1f ms/token: \"%s\"",
-                  impl->turn_count, chat.prompt_ids().size(), generated, glmvoice::llm::stop_reason_name(end.reason),
-                  impl->prefill_ms, decode_ms, text.c_str());
-  gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), s));
+  const GstClockTime end = speech_position(impl);
+  if (impl->lines_mode) {
+    GstBuffer* nl = gst_buffer_new_memdup("\n", 1);
+    GST_BUFFER_PTS(nl) = std::max(end, impl->text_pos);
+    text_enqueue(impl, GST_MINI_OBJECT_CAST(nl));
+  }
+  cover_text(impl, end, false);
+  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_glm_voice_event_new_end_of_response(reason)));
+  if (impl->speech_index == 0) advance_outputs(self, end, /*always=*/true);
+  gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_response(reason));
 }
 
-// Handles the end of an answer: remaining text, end-of-response on both pads, bus message.
+// The answer ended (any reason): remaining text, end-of-response, the per-turn message.
 static GstFlowReturn finish_answer(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEvent& end) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  GstFlowReturn ret = push_text(self, impl->text_accum + end.text);
-  impl->text_accum.clear();
-  const char* reason = glmvoice::llm::stop_reason_name(end.reason);
-  gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_response(reason));
-  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_glm_voice_event_new_end_of_response(reason)));
-  post_turn_message(self, end);
-  impl->next_out = impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
+  GstFlowReturn ret = add_text(impl, end.text);
+  const GstFlowReturn held = push_held_text(impl);
+  if (ret == GST_FLOW_OK) ret = held;
+  // The report goes out first, so that whoever sees end-of-response finds it on the bus.
+  GstStructure* report = impl->conversation->turn_report(end, impl->speech_index);
+  GST_INFO_OBJECT(self, "answer: %" GST_PTR_FORMAT, report);
+  gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), report));
+  end_response(self, glmvoice::llm::stop_reason_name(end.reason));
   return ret;
 }
 
-static void pause_on_flow(GstGlmVoiceLlm* self, GstFlowReturn ret) {
+static LlmTurnSettings turn_settings(GstGlmVoiceLlm* self) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  {
-    std::lock_guard<std::mutex> lock(impl->mutex);
-    if (impl->srcresult == GST_FLOW_OK || ret != GST_FLOW_FLUSHING) impl->srcresult = ret;
+  LlmTurnSettings s;
+  GST_OBJECT_LOCK(self);
+  s.sampling.temperature = impl->temperature;
+  s.sampling.top_p = impl->top_p;
+  s.sampling.top_k = impl->top_k;
+  s.max_new_tokens = impl->max_new_tokens;
+  s.system_prompt = impl->system_prompt;
+  s.keep_history = impl->keep_history;
+  impl->segment_mode = impl->text_segments;
+  impl->lines_mode = impl->text_lines;
+  GST_OBJECT_UNLOCK(self);
+  return s;
+}
+
+static void start_answer(GstGlmVoiceLlm* self, const QueuedTurn& turn) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  const LlmTurnSettings settings = turn_settings(self);
+  const LlmConversation::Start start = impl->conversation->start(turn, settings);
+  // The answer's timeline: after the user's input, and after the previous answer.
+  impl->response_start = impl->out_pos;
+  if (GST_CLOCK_TIME_IS_VALID(turn.input_end) && turn.input_end > impl->response_start) {
+    impl->response_start = turn.input_end;
   }
+  impl->speech_index = 0;
+  impl->held_text.clear();
+  impl->run_tokens = 0;
+  advance_outputs(self, impl->response_start, false);
+  if (!start.ok) {
+    GST_ELEMENT_WARNING(self, STREAM, DECODE, ("User turn not answered: it does not fit in the context"),
+                        ("%s", start.error.c_str()));
+    end_response(self, glmvoice::llm::stop_reason_name(glmvoice::llm::StopReason::kContext));
+    return;
+  }
+  if (start.dropped_turns > 0) {
+    GstStructure* report = impl->conversation->context_report(start.dropped_turns);
+    GST_INFO_OBJECT(self, "history outgrew the context: %" GST_PTR_FORMAT, report);
+    gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), report));
+  }
+  GST_DEBUG_OBJECT(self, "answering turn %" G_GINT64_FORMAT " at %" GST_TIME_FORMAT,
+                   impl->conversation->turn_count(), GST_TIME_ARGS(impl->response_start));
+}
+
+// Warns once when a live answer starts later than the latency budget.
+static void check_latency(GstGlmVoiceLlm* self) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  const double ms = impl->conversation->first_token_ms();
+  GST_OBJECT_LOCK(self);
+  const guint budget = impl->latency_ms;
+  GST_OBJECT_UNLOCK(self);
+  if (impl->latency_warned || !impl->upstream_live || ms <= budget) return;
+  impl->latency_warned = true;
+  GST_ELEMENT_WARNING(self, CORE, CLOCK, ("Answers start later than the latency budget"),
+                      ("first token %.0f ms after the end of the turn, latency budget %u ms: raise the "
+                       "latency property (or use a faster device)",
+                       ms, budget));
+}
+
+static GstFlowReturn generate_one(GstGlmVoiceLlm* self) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  const bool first = impl->conversation->first_token_ms() < 0;
+  const glmvoice::llm::ChatEvent ev = impl->conversation->step();
+  if (first) check_latency(self);
+  switch (ev.kind) {
+    case glmvoice::llm::ChatEvent::kAudio: return push_speech_token(self, ev.speech_token);
+    case glmvoice::llm::ChatEvent::kText: return add_text(impl, ev.text);
+    case glmvoice::llm::ChatEvent::kOther: return GST_FLOW_OK;
+    case glmvoice::llm::ChatEvent::kEnd: return finish_answer(self, ev);
+  }
+  return GST_FLOW_OK;
+}
+
+// Ends both outputs with EOS (text first: the speech push may block until PLAYING).
+static void push_eos(GstGlmVoiceLlm* self) {
+  text_enqueue(self->impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
+  gst_pad_push_event(self->srcpad, gst_event_new_eos());
+}
+
+// Pauses the task on a flow that is not OK (as gstqueue's loop).
+static void stop_on_flow(GstGlmVoiceLlm* self, GstFlowReturn ret) {
+  GstGlmVoiceLlmImpl* impl = self->impl;
+  if (ret != GST_FLOW_FLUSHING) impl->conversation->abandon();
+  GstFlowReturn expected = GST_FLOW_OK;
+  impl->srcresult.compare_exchange_strong(expected, ret);
   GST_DEBUG_OBJECT(self, "pausing task: %s", gst_flow_get_name(ret));
   gst_pad_pause_task(self->srcpad);
-  if (ret == GST_FLOW_EOS || ret == GST_FLOW_FLUSHING) return;
   if (ret == GST_FLOW_NOT_LINKED || ret < GST_FLOW_EOS) {
-    GST_ELEMENT_FLOW_ERROR(self, ret);
-    gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
+    if (ret != GST_FLOW_ERROR) GST_ELEMENT_FLOW_ERROR(self, ret);
+    push_eos(self);
   }
 }
 
 static void gst_glm_voice_llm_loop(gpointer user_data) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(user_data);
   GstGlmVoiceLlmImpl* impl = self->impl;
-  auto& chat = *impl->chat;
-
-  // 1. Wait for work (a turn in progress needs none).
-  QueuedTurn next;
-  bool have_next = false, cancel = false, reset = false, eos = false;
-  {
-    std::unique_lock<std::mutex> lock(impl->mutex);
-    if (!chat.in_turn()) {
-      impl->cond.wait(lock, [&] { return impl->flushing || !impl->turns.empty() || impl->eos_pending; });
-    }
-    if (impl->flushing) {
-      lock.unlock();
-      gst_pad_pause_task(self->srcpad);
-      return;
-    }
-    reset = impl->reset_requested && !chat.in_turn();
-    if (reset) impl->reset_requested = false;
-    cancel = impl->cancel_requested && chat.in_turn();
-    impl->cancel_requested = false;
-    if (!chat.in_turn() && !impl->turns.empty()) {
-      next = std::move(impl->turns.front());
-      impl->turns.pop_front();
-      have_next = true;
-    } else if (!chat.in_turn() && impl->eos_pending) {
-      eos = true;
-      impl->eos_pending = false;
-    }
-  }
-
-  push_sticky_events(self);
-  if (reset) {
-    chat.reset();
-    GST_INFO_OBJECT(self, "conversation history reset");
-  }
-  if (eos) {
-    GST_DEBUG_OBJECT(self, "all input done: EOS");
-    gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
-    pause_on_flow(self, GST_FLOW_EOS);
-    return;
-  }
-
-  GstFlowReturn ret = GST_FLOW_OK;
-  try {
-    if (have_next) {
-      // 2. Start an answer: settings are read once per turn.
-      GST_OBJECT_LOCK(self);
-      auto& o = chat.options();
-      o.sampling.temperature = impl->temperature;
-      o.sampling.top_p = impl->top_p;
-      o.sampling.top_k = impl->top_k;
-      o.max_new_tokens = impl->max_new_tokens;
-      o.system_prompt = impl->system_prompt;
-      o.keep_history = impl->keep_history;
-      impl->segment_mode = impl->text_segments;
-      GST_OBJECT_UNLOCK(self);
-      try {
-        chat.begin_turn(next.turn);
-      } catch (const glmvoice::Error& e) {
-        if (e.code() != glmvoice::ErrorCode::kBadInput) throw;
-        GST_ELEMENT_WARNING(self, STREAM, DECODE, ("User turn skipped"), ("%s", e.what()));
-        return;
-      }
-      impl->response_start = impl->next_out;
-      if (GST_CLOCK_TIME_IS_VALID(next.input_end) && next.input_end > impl->response_start) {
-        impl->response_start = next.input_end;
-      }
-      impl->speech_index = 0;
-      ++impl->turn_count;
-      impl->turn_t0 = std::chrono::steady_clock::now();
-      impl->prefill_ms = -1;
-      GST_DEBUG_OBJECT(self, "answering turn %" G_GINT64_FORMAT " (%zu prompt tokens)", impl->turn_count,
-                       chat.prompt_ids().size());
-      return;  // generation starts in the next iteration (FLUSH can intervene)
-    }
-    // 3. One token per iteration.
-    const glmvoice::llm::ChatEvent ev = cancel ? chat.cancel() : chat.step();
-    if (impl->prefill_ms < 0) {
-      impl->prefill_ms =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - impl->turn_t0).count();
-    }
-    switch (ev.kind) {
-      case glmvoice::llm::ChatEvent::kAudio:
-        ret = push_text(self, impl->text_accum);  // text-segments mode: the segment before this token
-        impl->text_accum.clear();
-        if (ret == GST_FLOW_OK) ret = push_speech_token(self, ev.speech_token);
-        break;
-      case glmvoice::llm::ChatEvent::kText:
-        if (impl->segment_mode) {
-          impl->text_accum += ev.text;
-        } else {
-          ret = push_text(self, ev.text);
-        }
-        break;
-      case glmvoice::llm::ChatEvent::kOther: break;
-      case glmvoice::llm::ChatEvent::kEnd: ret = finish_answer(self, ev); break;
-    }
-  } catch (...) {
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Language model failed", std::current_exception());
-    if (chat.in_turn()) chat.cancel();
-    ret = GST_FLOW_ERROR;
-    {
-      std::lock_guard<std::mutex> lock(impl->mutex);
-      impl->srcresult = GST_FLOW_ERROR;
-    }
-    gst_pad_push_event(self->srcpad, gst_event_new_eos());
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
+  LlmConversation& conversation = *impl->conversation;
+  const LlmWork work = impl->turns.wait(conversation.in_answer());
+  if (work.kind == LlmWork::kFlushing) {
     gst_pad_pause_task(self->srcpad);
     return;
   }
-  if (ret != GST_FLOW_OK) {
-    if (chat.in_turn() && ret != GST_FLOW_FLUSHING) chat.cancel();
-    pause_on_flow(self, ret);
+  if (work.reset) {
+    conversation.reset();
+    GST_INFO_OBJECT(self, "conversation history reset");
   }
+  GstFlowReturn ret = GST_FLOW_OK;
+  try {
+    push_sticky_events(self);
+    switch (work.kind) {
+      case LlmWork::kFlushing:
+      case LlmWork::kIdle: break;
+      case LlmWork::kStart: start_answer(self, work.turn); break;
+      case LlmWork::kStep: ret = generate_one(self); break;
+      case LlmWork::kInterrupt: ret = finish_answer(self, conversation.interrupt()); break;
+      case LlmWork::kGap: advance_outputs(self, work.gap_end, false); break;
+      case LlmWork::kEos:
+        GST_DEBUG_OBJECT(self, "all input done: EOS");
+        push_eos(self);
+        ret = GST_FLOW_EOS;
+        break;
+    }
+  } catch (...) {
+    GLMVOICE_ELEMENT_ERROR(self, "Language model failed", std::current_exception());
+    ret = GST_FLOW_ERROR;
+  }
+  if (ret != GST_FLOW_OK) stop_on_flow(self, ret);
 }

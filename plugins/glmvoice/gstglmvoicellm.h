@@ -1,6 +1,6 @@
 /* glmvoicellm: GLM-4-Voice language model element (speech tokens / text in, interleaved
  * speech tokens + text out).
- * SPDX-License-Identifier: Apache-2.0 */
+ * SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
 #include <gst/gst.h>

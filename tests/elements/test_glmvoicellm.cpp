@@ -5,6 +5,7 @@
 #include <gst/gst.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -67,7 +68,7 @@ struct Llm {
 
 // Pulls events from `h` until an end-of-response (returns its reason) or EOS ("EOS").
 std::string wait_end_of_response(GstHarness* h) {
-  for (int i = 0; i < 50; ++i) {
+  for (int i = 0; i < 10000; ++i) {
     GstEvent* ev = gst_harness_pull_event(h);  // waits up to 60 s
     if (!ev) return "(timeout)";
     const gchar* reason = nullptr;
@@ -135,11 +136,14 @@ std::vector<int> ids_field(GstMessage* m, const char* field) {
 }
 
 // Error message on the bus (domain/code), skipping others.
-bool wait_error(GstBus* bus, GQuark domain, gint code) {
+bool wait_error(GstBus* bus, GQuark domain, gint code, std::string* debug_out = nullptr) {
   GstMessage* m = gst_bus_timed_pop_filtered(bus, 10 * GST_SECOND, GST_MESSAGE_ERROR);
   if (!m) return false;
   GError* err = nullptr;
-  gst_message_parse_error(m, &err, nullptr);
+  gchar* debug = nullptr;
+  gst_message_parse_error(m, &err, &debug);
+  if (debug_out) *debug_out = debug ? debug : "";
+  g_free(debug);
   const bool ok = err->domain == domain && err->code == code;
   if (!ok) ADD_FAILURE() << "error: " << err->message;
   g_error_free(err);
@@ -314,15 +318,30 @@ TEST(GlmVoiceLlm, test_unlinked_text_pad) {
 TEST(GlmVoiceLlm, test_bad_token_ids) {
   Llm llm("tiny-script");
   EXPECT_EQ(llm.push_tokens({1, 64}), GST_FLOW_ERROR);
-  EXPECT_TRUE(wait_error(llm.bus, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE));
+  std::string debug;
+  EXPECT_TRUE(wait_error(llm.bus, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE, &debug));
+  // the debug location names the element's call site, not the shared error helper
+  EXPECT_NE(debug.find("gstglmvoicellm.cpp"), std::string::npos) << debug;
   EXPECT_EQ(llm.push_tokens({-1}), GST_FLOW_ERROR);
 }
 
-TEST(GlmVoiceLlm, test_caps_mismatch) {
+TEST(GlmVoiceLlm, test_caps_query_answers_the_model_codebook) {
+  Llm llm("tiny-script");
+  GstPad* sink = gst_element_get_static_pad(llm.element, "sink");
+  GstCaps* caps = gst_pad_query_caps(sink, nullptr);
+  gint size = 0;
+  EXPECT_TRUE(gst_glm_voice_tokens_caps_parse(caps, &size)) << caps;
+  EXPECT_EQ(size, 64);
+  gst_caps_unref(caps);
+  gst_object_unref(sink);
+}
+
+TEST(GlmVoiceLlm, test_caps_mismatch_is_not_negotiated) {
   Llm llm("tiny-script");
   GstCaps* caps = gst_glm_voice_tokens_caps_new(100);
-  gst_harness_set_src_caps(llm.speech, caps);
-  EXPECT_TRUE(wait_error(llm.bus, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE));
+  gst_harness_set_src_caps(llm.speech, caps);  // refused by the accept-caps check
+  EXPECT_EQ(llm.push_tokens({1}), GST_FLOW_NOT_NEGOTIATED);
+  EXPECT_EQ(gst_bus_pop_filtered(llm.bus, GST_MESSAGE_ERROR), nullptr) << "no decode error per buffer";
 }
 
 TEST(GlmVoiceLlm, test_missing_model_posts_error) {
@@ -368,4 +387,272 @@ TEST(GlmVoiceLlm, test_text_segments_mode) {
   EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
   // "Hi" + the held E7 9A before the first speech token; the rest at the end
   EXPECT_EQ(take_texts(llm.text), (std::vector<std::string>{"Hi", "\xE7\x9A\x84 world"}));
+}
+
+/* ---- issue 9: timeline, GAP, segments, flush, latency, barge-in, context --------------- */
+
+namespace {
+
+using glmvoice::test::Timeline;
+constexpr GstClockTime kToken = GST_GLM_VOICE_TOKEN_DURATION;
+
+GstEvent* start_of_speech_event() {
+  return gst_event_new_custom(GST_EVENT_CUSTOM_DOWNSTREAM, gst_structure_new_empty("GstGlmVoiceStartOfSpeech"));
+}
+
+void push_segment(GstHarness* h, GstClockTime start, GstClockTime base, GstClockTime time) {
+  GstSegment segment;
+  gst_segment_init(&segment, GST_FORMAT_TIME);
+  segment.start = start;
+  segment.base = base;
+  segment.time = time;
+  ASSERT_TRUE(gst_harness_push_event(h, gst_event_new_segment(&segment)));
+}
+
+int count_messages(GstBus* bus, GstMessageType type, const char* structure_name = nullptr) {
+  int n = 0;
+  while (GstMessage* m = gst_bus_pop_filtered(bus, type)) {
+    const GstStructure* s = gst_message_get_structure(m);
+    if (!structure_name || (s && gst_structure_has_name(s, structure_name))) ++n;
+    gst_message_unref(m);
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST(GlmVoiceLlm, test_gap_forwarded_in_order_and_timelines_level) {
+  Llm llm("tiny-script");
+  Timeline speech, text;
+  speech.attach(llm.element, "src");
+  text.attach(llm.element, "text_src");
+  // No input for a second: forwarded as GAP on both outputs (no answer is running).
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_gap(0, GST_SECOND)));
+  ASSERT_TRUE(speech.wait_for("gap", 1));
+  ASSERT_TRUE(text.wait_for("gap", 1));
+  EXPECT_EQ(speech.covered(), GST_SECOND);
+  // Then a turn: its answer starts after the input (1 s + 3 tokens).
+  ASSERT_EQ(llm.push_tokens({1, 2, 3}, GST_SECOND), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  ASSERT_TRUE(text.wait_for("end-of-response", 1));
+  std::vector<GstClockTime> pts;
+  take_tokens(llm.speech, &pts);
+  ASSERT_EQ(pts.size(), 2u);
+  EXPECT_EQ(pts[0], GST_SECOND + 3 * kToken);
+  EXPECT_EQ(speech.backwards(), "");
+  EXPECT_EQ(text.backwards(), "");
+  // The text timeline reaches the end of the speech it goes with.
+  EXPECT_EQ(text.covered(), GST_SECOND + 5 * kToken);
+  EXPECT_EQ(speech.covered(), GST_SECOND + 5 * kToken);
+}
+
+TEST(GlmVoiceLlm, test_gap_during_an_answer_waits_for_its_end) {
+  Llm llm("tiny-loop");
+  g_object_set(llm.element, "max-new-tokens", 20, NULL);
+  Timeline speech;
+  speech.attach(llm.element, "src");
+  ASSERT_EQ(llm.push_tokens({1}, 0), GST_FLOW_OK);
+  llm.end_turn();
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_gap(kToken, 10 * GST_SECOND)));
+  EXPECT_EQ(wait_end_of_response(llm.speech), "max-new-tokens");
+  ASSERT_TRUE(speech.wait_for("gap", 3));  // answer start, text-only answer, then the input GAP
+  EXPECT_EQ(speech.backwards(), "");
+  EXPECT_EQ(speech.covered(), kToken + 10 * GST_SECOND);
+}
+
+TEST(GlmVoiceLlm, test_timestamps_through_a_segment_with_start_and_base) {
+  Llm llm("tiny-script");
+  push_segment(llm.speech, 10 * GST_SECOND, 5 * GST_SECOND, 10 * GST_SECOND);
+  ASSERT_EQ(llm.push_tokens({1, 2, 3}, 10 * GST_SECOND), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  std::vector<GstClockTime> pts;
+  take_tokens(llm.speech, &pts);
+  ASSERT_EQ(pts.size(), 2u);
+  // running time of the input's end: base 5 s + (10.24 s - start 10 s)
+  EXPECT_EQ(pts[0], 5 * GST_SECOND + 3 * kToken);
+}
+
+TEST(GlmVoiceLlm, test_flushing_seek_restarts_the_timeline) {
+  Llm llm("tiny-script");
+  Timeline speech;
+  speech.attach(llm.element, "src");
+  ASSERT_EQ(llm.push_tokens({1, 2, 3}, 0), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  take_tokens(llm.speech);
+  // A flushing seek to 30 s: FLUSH, then a segment starting there (running time from 0).
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_flush_start()));
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_flush_stop(TRUE)));
+  push_segment(llm.speech, 30 * GST_SECOND, 0, 30 * GST_SECOND);
+  ASSERT_EQ(llm.push_tokens({4, 5}, 30 * GST_SECOND), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  std::vector<GstClockTime> pts;
+  take_tokens(llm.speech, &pts);
+  ASSERT_EQ(pts.size(), 2u);
+  EXPECT_EQ(pts[0], 2 * kToken);
+  // a new segment went out after the flush
+  const auto items = speech.snapshot();
+  size_t flush_stop = 0, segment_after = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].kind == "flush-stop") flush_stop = i;
+    if (items[i].kind == "segment") segment_after = i;
+  }
+  EXPECT_GT(flush_stop, 0u);
+  EXPECT_GT(segment_after, flush_stop);
+}
+
+TEST(GlmVoiceLlm, test_flush_stop_starts_no_task_on_an_inactive_pad) {
+  Llm llm("tiny-script");
+  GstPad* src = gst_element_get_static_pad(llm.element, "src");
+  GstPad* text_src = gst_element_get_static_pad(llm.element, "text_src");
+  // As during PAUSED->READY: the src pads are deactivated, then a FLUSH_STOP arrives.
+  ASSERT_TRUE(gst_pad_set_active(src, FALSE));
+  ASSERT_TRUE(gst_pad_set_active(text_src, FALSE));
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_flush_start()));
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_flush_stop(TRUE)));
+  EXPECT_NE(gst_pad_get_task_state(src), GST_TASK_STARTED);
+  EXPECT_NE(gst_pad_get_task_state(text_src), GST_TASK_STARTED);
+  gst_object_unref(src);
+  gst_object_unref(text_src);
+}
+
+TEST(GlmVoiceLlm, test_latency_query_live_adds_the_budget) {
+  Llm llm("tiny-script");
+  gst_harness_set_upstream_latency(llm.speech, 100 * GST_MSECOND);
+  g_object_set(llm.element, "latency", 300u, NULL);
+  EXPECT_EQ(gst_harness_query_latency(llm.speech), 400 * GST_MSECOND);
+  EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_LATENCY), 1) << "a budget change posts a LATENCY message";
+  g_object_set(llm.element, "latency", 300u, NULL);
+  EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_LATENCY), 0) << "no message when nothing changed";
+}
+
+TEST(GlmVoiceLlm, test_latency_exceeded_warns_once) {
+  Llm llm("tiny-script");
+  g_object_set(llm.element, "latency", 0u, NULL);
+  gst_harness_query_latency(llm.speech);  // live upstream (the harness)
+  for (int turn = 0; turn < 2; ++turn) {
+    ASSERT_EQ(llm.push_tokens({1, 2}), GST_FLOW_OK);
+    llm.end_turn();
+    EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  }
+  EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_WARNING), 1);
+}
+
+TEST(GlmVoiceLlm, test_barge_in_on_start_of_speech) {
+  Llm llm("tiny-loop");
+  g_object_set(llm.element, "barge-in", TRUE, NULL);
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);
+  llm.end_turn();
+  GstBuffer* first = gst_harness_pull(llm.text);  // the answer is running (it never ends)
+  ASSERT_NE(first, nullptr);
+  gst_buffer_unref(first);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, start_of_speech_event()));
+  EXPECT_EQ(wait_end_of_response(llm.speech), "interrupted");
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(ms, 5000.0) << "the answer must stop within a token";
+  GstMessage* m = wait_turn_message(llm.bus);
+  ASSERT_NE(m, nullptr);
+  EXPECT_STREQ(gst_structure_get_string(gst_message_get_structure(m), "reason"), "interrupted");
+  gst_message_unref(m);
+}
+
+TEST(GlmVoiceLlm, test_start_of_speech_without_barge_in_changes_nothing) {
+  Llm llm("tiny-loop");
+  g_object_set(llm.element, "max-new-tokens", 30, NULL);
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);
+  llm.end_turn();
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, start_of_speech_event()));
+  EXPECT_EQ(wait_end_of_response(llm.speech), "max-new-tokens");
+}
+
+TEST(GlmVoiceLlm, test_history_outgrowing_the_context_drops_oldest_turns) {
+  // tiny-script: context 512; a prompt must leave min(max-new-tokens, 256) for the answer.
+  Llm llm("tiny-script", /*text_in=*/false, /*text_out=*/false);
+  const int turns = 40;
+  std::vector<gint32> question(20);
+  for (int t = 0; t < turns; ++t) {
+    for (size_t i = 0; i < question.size(); ++i) question[i] = static_cast<gint32>((t + i) % 64);
+    ASSERT_EQ(llm.push_tokens(question), GST_FLOW_OK);
+    llm.end_turn();
+    ASSERT_EQ(wait_end_of_response(llm.speech), "stop-token") << "turn " << t;
+  }
+  int answered = 0, context_messages = 0, max_prompt = 0;
+  while (GstMessage* m = gst_bus_pop_filtered(llm.bus, GST_MESSAGE_ELEMENT)) {
+    const GstStructure* s = gst_message_get_structure(m);
+    if (gst_structure_has_name(s, "glmvoicellm-turn")) {
+      ++answered;
+      gint prompt = 0;
+      gst_structure_get_int(s, "prompt-tokens", &prompt);
+      max_prompt = std::max(max_prompt, prompt);
+    } else if (gst_structure_has_name(s, "glmvoicellm-context")) {
+      ++context_messages;
+      gint dropped = 0, context = 0;
+      EXPECT_TRUE(gst_structure_get_int(s, "dropped-turns", &dropped));
+      EXPECT_GE(dropped, 1);
+      EXPECT_TRUE(gst_structure_get_int(s, "context-tokens", &context));
+      EXPECT_EQ(context, 512);
+    }
+    gst_message_unref(m);
+  }
+  EXPECT_EQ(answered, turns) << "no turn is skipped";
+  EXPECT_GT(context_messages, 0);
+  EXPECT_LT(max_prompt, 512);
+  EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_WARNING), 0);
+}
+
+TEST(GlmVoiceLlm, test_text_segments_carry_the_duration_of_their_speech) {
+  Llm llm("tiny-script");
+  g_object_set(llm.element, "text-segments", TRUE, NULL);
+  ASSERT_EQ(llm.push_tokens({1}, 0), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  GstBuffer* hi = gst_harness_pull(llm.text);
+  ASSERT_NE(hi, nullptr);
+  EXPECT_EQ(GST_BUFFER_PTS(hi), kToken);            // the speech run after "Hi" starts at 80 ms
+  EXPECT_EQ(GST_BUFFER_DURATION(hi), 2 * kToken);   // and lasts two tokens
+  gst_buffer_unref(hi);
+  GstBuffer* tail = gst_harness_pull(llm.text);
+  ASSERT_NE(tail, nullptr);
+  EXPECT_EQ(GST_BUFFER_PTS(tail), 3 * kToken);  // no speech follows: at the answer's end
+  gst_buffer_unref(tail);
+}
+
+TEST(GlmVoiceLlm, test_text_lines_one_turn_per_line_one_line_per_answer) {
+  Llm llm("tiny-script", /*text_in=*/true);
+  g_object_set(llm.element, "text-lines", TRUE, NULL);
+  ASSERT_EQ(llm.push_text("first question\nsecond "), GST_FLOW_OK);
+  ASSERT_EQ(llm.push_text("question\n"), GST_FLOW_OK);
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  EXPECT_EQ(join(take_texts(llm.text)), kAnswer + "\n" + kAnswer + "\n");
+  GstMessage* m = wait_turn_message(llm.bus);
+  ASSERT_NE(m, nullptr);
+  gst_message_unref(m);
+  m = wait_turn_message(llm.bus);
+  ASSERT_NE(m, nullptr) << "two lines, two turns";
+  gst_message_unref(m);
+}
+
+TEST(GlmVoiceLlm, test_property_flags) {
+  GstElement* e = gst_element_factory_make("glmvoicellm", nullptr);
+  ASSERT_NE(e, nullptr);
+  GObjectClass* klass = G_OBJECT_GET_CLASS(e);
+  for (const char* name : {"temperature", "top-p", "top-k", "max-new-tokens", "system-prompt", "instruction",
+                           "keep-history", "barge-in", "text-segments", "latency"}) {
+    GParamSpec* p = g_object_class_find_property(klass, name);
+    ASSERT_NE(p, nullptr) << name;
+    EXPECT_TRUE(p->flags & GST_PARAM_MUTABLE_PLAYING) << name << " changes while PLAYING";
+  }
+  for (const char* name : {"model-path", "device", "dtype", "seed", "text-lines"}) {
+    GParamSpec* p = g_object_class_find_property(klass, name);
+    ASSERT_NE(p, nullptr) << name;
+    EXPECT_FALSE(p->flags & GST_PARAM_MUTABLE_PLAYING) << name;
+    EXPECT_TRUE(p->flags & GST_PARAM_MUTABLE_READY) << name;
+  }
+  gst_object_unref(e);
 }

@@ -91,13 +91,20 @@ void run_pipeline(const std::string& description, double timeout_s, PipelineResu
         done = true;
         break;
       }
+      case GST_MESSAGE_WARNING: {
+        GError* err = nullptr;
+        gst_message_parse_warning(msg, &err, nullptr);
+        result.warnings.push_back(std::string(GST_OBJECT_NAME(GST_MESSAGE_SRC(msg))) + ": " + err->message);
+        g_clear_error(&err);
+        break;
+      }
       case GST_MESSAGE_ELEMENT: {
         const GstStructure* s = gst_message_get_structure(msg);
         if (s != nullptr) {
           gchar* text = gst_structure_to_string(s);
           result.element_messages.emplace_back(text);
           g_free(text);
-          if (g_str_has_prefix(gst_structure_get_name(s), "glmvoicellm")) {
+          if (gst_structure_has_name(s, "glmvoicellm-turn")) {
             result.turn_messages.push_back(gst_structure_copy(s));
           }
         }

@@ -13,8 +13,9 @@ struct PipelineResult {
   bool reached_eos = false;
   bool timed_out = false;
   std::vector<std::string> errors;            // "element: message (debug)"
+  std::vector<std::string> warnings;          // "element: message"
   std::vector<std::string> element_messages;  // structure strings of element messages
-  std::vector<GstStructure*> turn_messages;   // glmvoicellm per-turn debug messages (owned)
+  std::vector<GstStructure*> turn_messages;   // glmvoicellm-turn messages (owned)
   std::vector<int32_t> probed_tokens;         // int32 tokens seen on probe_pad
   int end_of_responses = 0;                   // end-of-response events seen on probe_pad
 
