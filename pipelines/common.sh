@@ -26,3 +26,13 @@ glmvoice_models() {
     echo "NOTE: no GLMVOICE_MODEL_DIR given: using tiny RANDOM models; the answer is noise, not speech." >&2
   fi
 }
+
+# wavenc leaves its length placeholders (about 2 GB) in the header when no audio came at all
+# (an answer without speech): write the real sizes of an empty WAV then.
+glmvoice_fix_empty_wav() {
+  local wav="$1"
+  [ -f "$wav" ] && [ "$(stat -c %s "$wav")" -eq 44 ] || return 0
+  printf '\x24\x00\x00\x00' | dd of="$wav" bs=1 seek=4 conv=notrunc status=none   # RIFF size 36
+  printf '\x00\x00\x00\x00' | dd of="$wav" bs=1 seek=40 conv=notrunc status=none  # data size 0
+  echo "NOTE: the answer has no speech: $wav is an empty WAV" >&2
+}

@@ -8,7 +8,7 @@ glmvoice_models
 exec gst-launch-1.0 -e \
   autoaudiosrc ! audioconvert ! audioresample ! queue \
   ! glmvoicetokenize model-path="$TOKENIZER_DIR" endpoint-silence-ms="${1:-800}" silence-threshold-db=-40 \
-  ! glmvoicellm name=llm model-path="$LLM_DIR" \
+  ! glmvoicellm name=llm model-path="$LLM_DIR" text-lines=true \
   ! glmvoicedecode model-path="$DECODER_DIR" \
   ! queue ! audioconvert ! audioresample ! autoaudiosink \
-  llm.text_src ! queue ! fdsink fd=1 sync=false
+  llm.text_src ! fdsink fd=1 sync=false

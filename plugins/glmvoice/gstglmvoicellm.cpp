@@ -335,11 +335,12 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
                                                        DEFAULT_KEEP_HISTORY, playing));
   /**
    * GstGlmVoiceLlm:barge-in:
-   * When a new user turn completes while an answer is being generated: TRUE stops that
-   * answer (end-of-response "interrupted") and answers the new turn; FALSE queues it.
+   * TRUE: the user starting to speak (the tokenizer's start-of-speech event) or a new
+   * complete turn stops the answer in progress within one token (end-of-response
+   * "interrupted"); the new turn is answered next. FALSE: turns queue up.
    */
   g_object_class_install_property(gobject_class, PROP_BARGE_IN,
-                                  g_param_spec_boolean("barge-in", "Barge in", "A new turn interrupts the current answer",
+                                  g_param_spec_boolean("barge-in", "Barge in", "The user speaking (or a new turn) interrupts the answer",
                                                        DEFAULT_BARGE_IN, playing));
 
   /**

@@ -1,5 +1,6 @@
 /* glmvoice GStreamer plugin: GLM-4-Voice speech tokenizer, LLM and speech decoder.
- * This file only registers the elements; each element lives in its own file pair. */
+ * This file only registers the elements; each element lives in its own file pair.
+ * SPDX-License-Identifier: LGPL-2.1-or-later */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
@@ -26,7 +27,11 @@ static gboolean plugin_init(GstPlugin* plugin) {
 }
 
 #define PACKAGE "glmvoice"
+// This project (not the upstream model's repository): meson -Dpackage-origin=URL.
+#ifndef GLMVOICE_PACKAGE_ORIGIN
+#define GLMVOICE_PACKAGE_ORIGIN "Unknown package origin"
+#endif
+// License: LGPL-2.1-or-later, as meson.build and LICENSE ("LGPL" in GStreamer's list).
 GST_PLUGIN_DEFINE(GST_VERSION_MAJOR, GST_VERSION_MINOR, glmvoice,
                   "GLM-4-Voice spoken dialogue: speech tokenizer, LLM and speech decoder",
-                  plugin_init, GLMVOICE_VERSION, "LGPL", "glmvoice",
-                  "https://github.com/THUDM/GLM-4-Voice")
+                  plugin_init, GLMVOICE_VERSION, "LGPL", "glmvoice", GLMVOICE_PACKAGE_ORIGIN)

@@ -19,17 +19,15 @@
 #include "pipeline_runner.h"
 #include "runtime/options.h"
 #include "test_support.h"
+#include "../elements/element_test_util.h"
 
 namespace fs = std::filesystem;
 using glmvoice::test::PipelineResult;
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+// gst_init, and the leak check at gst_deinit (GST_TRACERS=leaks).
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 struct Models {
   std::string tokenizer, llm, decoder;

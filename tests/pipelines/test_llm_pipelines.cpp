@@ -19,17 +19,15 @@
 #include "llm/chatglm_model.h"
 #include "pipeline_runner.h"
 #include "test_support.h"
+#include "../elements/element_test_util.h"
 
 namespace fs = std::filesystem;
 using glmvoice::test::PipelineResult;
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+// gst_init, and the leak check at gst_deinit (GST_TRACERS=leaks).
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 constexpr double kWatchdogS = 120;  // generous: the build box is shared; a hang never ends
 

@@ -15,14 +15,12 @@
 #include "glmvoice_events.h"
 #include "speech/wav_file.h"
 #include "test_support.h"
+#include "../elements/element_test_util.h"
 
 namespace {
 
-class GstEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { gst_init(nullptr, nullptr); }
-};
-const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new GstEnvironment);
+// gst_init, and the leak check at gst_deinit (GST_TRACERS=leaks).
+const auto* const kGstEnv = ::testing::AddGlobalTestEnvironment(new glmvoice::test::GstEnvironment);
 
 struct Seen {
   std::vector<int32_t> tokens;
