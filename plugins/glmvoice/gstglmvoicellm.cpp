@@ -97,18 +97,15 @@
 
 #include "gstglmvoicellm.h"
 
-#include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "glmvoice_caps.h"
 #include "glmvoice_element_util.h"
 #include "glmvoice_events.h"
+#include "glmvoicellm_output.h"
 #include "glmvoicellm_turns.h"
 #include "io/error.h"
 #include "llm/chatglm_model.h"
@@ -205,28 +202,12 @@ struct GstGlmVoiceLlmImpl {
   GstSegment text_segment;
   std::string partial_line;  // text-lines: bytes after the last newline (text_sink stream lock)
 
-  // Output: owned by the src task (and by FLUSH_STOP / state changes while it is paused
-  // or stopped, under the src pad's stream lock).
+  // The conversation: owned by the src task (and by FLUSH_STOP / state changes while it is
+  // paused or stopped, under the src pad's stream lock).
   std::unique_ptr<LlmConversation> conversation;
-  bool need_stream_start = true, need_segment = true, discont = true;
-  GstClockTime out_pos = 0;         // src timeline covered so far (answers and gaps)
-  GstClockTime text_pos = 0;        // text_src timeline covered so far
-  GstClockTime response_start = 0;  // PTS of the current answer's first speech token
-  int64_t speech_index = 0;         // speech tokens of the current answer so far
-  guint64 token_offset = 0;         // speech tokens pushed since start / flush
-  bool segment_mode = false, lines_mode = false;  // text-segments / text-lines, per answer
-  std::string held_text;            // text-segments: the segment waiting for its speech run
-  GstClockTime held_pts = 0;        // start of that run
-  int64_t run_tokens = 0;           // speech tokens of that run so far
   bool latency_warned = false;
-
-  // text_src output: buffers and events queued in order and pushed by the text_src pad's own
-  // task, so a text branch that blocks (a sink waiting for preroll) never stalls generation.
-  std::mutex text_mutex;
-  std::condition_variable text_cond;
-  std::deque<GstMiniObject*> text_queue;  // text_mutex
-  bool text_flushing = true;              // text_mutex
-  GstFlowReturn text_flow = GST_FLOW_OK;  // text_mutex: last fatal flow of the text branch
+  // Both outputs and their timeline (src task; its text queue has its own lock).
+  std::unique_ptr<glmvoice::gst::LlmAnswerOutput> output;
 };
 
 #define gst_glm_voice_llm_parent_class parent_class
@@ -422,11 +403,11 @@ static void gst_glm_voice_llm_init(GstGlmVoiceLlm* self) {
   gst_element_add_pad(GST_ELEMENT(self), self->textsrcpad);
 
   self->textsinkpad = nullptr;
+  self->impl->output = std::make_unique<glmvoice::gst::LlmAnswerOutput>(self->srcpad, self->textsrcpad);
 }
 
 static void gst_glm_voice_llm_finalize(GObject* object) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(object);
-  for (GstMiniObject* obj : self->impl->text_queue) gst_mini_object_unref(obj);
   delete self->impl;
   self->impl = nullptr;
   G_OBJECT_CLASS(parent_class)->finalize(object);
@@ -525,17 +506,6 @@ static gboolean load_model(GstGlmVoiceLlm* self) {
   return TRUE;
 }
 
-// Resets everything about the output stream (not the conversation history).
-static void reset_output(GstGlmVoiceLlmImpl* impl) {
-  impl->need_segment = true;
-  impl->discont = true;
-  impl->out_pos = impl->text_pos = impl->response_start = 0;
-  impl->speech_index = 0;
-  impl->token_offset = 0;
-  impl->held_text.clear();
-  impl->run_tokens = 0;
-}
-
 static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, GstStateChange transition) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(element);
   GstGlmVoiceLlmImpl* impl = self->impl;
@@ -553,9 +523,8 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       gst_segment_init(&impl->speech_segment, GST_FORMAT_TIME);
       gst_segment_init(&impl->text_segment, GST_FORMAT_TIME);
       impl->partial_line.clear();
-      impl->need_stream_start = true;
       impl->latency_warned = false;
-      reset_output(impl);
+      impl->output->reset(/*new_stream=*/true);
       break;
     }
     default:
@@ -619,55 +588,10 @@ static void gst_glm_voice_llm_release_pad(GstElement* element, GstPad* pad) {
   gst_element_remove_pad(element, pad);
 }
 
-/* ---- text output queue -------------------------------------------------------------- */
-
-static void text_set_flushing(GstGlmVoiceLlmImpl* impl, bool flushing) {
-  std::lock_guard<std::mutex> lock(impl->text_mutex);
-  impl->text_flushing = flushing;
-  for (GstMiniObject* obj : impl->text_queue) gst_mini_object_unref(obj);
-  impl->text_queue.clear();
-  if (!flushing) impl->text_flow = GST_FLOW_OK;
-  impl->text_cond.notify_all();
-}
-
-// Queues a buffer or event for text_src (takes ownership); never blocks. Returns the text
-// branch's last fatal flow (GST_FLOW_OK if none).
-static GstFlowReturn text_enqueue(GstGlmVoiceLlmImpl* impl, GstMiniObject* obj) {
-  std::lock_guard<std::mutex> lock(impl->text_mutex);
-  if (impl->text_flushing) {
-    gst_mini_object_unref(obj);
-    return GST_FLOW_OK;
-  }
-  impl->text_queue.push_back(obj);
-  impl->text_cond.notify_all();
-  return impl->text_flow;
-}
+/* ---- text output ------------------------------------------------------------------ */
 
 static void gst_glm_voice_llm_text_loop(gpointer user_data) {
-  GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(user_data);
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  GstMiniObject* obj = nullptr;
-  {
-    std::unique_lock<std::mutex> lock(impl->text_mutex);
-    impl->text_cond.wait(lock, [&] { return impl->text_flushing || !impl->text_queue.empty(); });
-    if (impl->text_flushing) {
-      lock.unlock();
-      gst_pad_pause_task(self->textsrcpad);
-      return;
-    }
-    obj = impl->text_queue.front();
-    impl->text_queue.pop_front();
-  }
-  if (GST_IS_BUFFER(obj)) {
-    const GstFlowReturn ret = gst_pad_push(self->textsrcpad, GST_BUFFER(obj));
-    // An unlinked text pad is fine; fatal flows (not-negotiated, error) stop the element.
-    if (ret < GST_FLOW_EOS && ret != GST_FLOW_NOT_LINKED) {
-      std::lock_guard<std::mutex> lock(impl->text_mutex);
-      impl->text_flow = ret;
-    }
-  } else {
-    gst_pad_push_event(self->textsrcpad, GST_EVENT(obj));
-  }
+  GST_GLM_VOICE_LLM(user_data)->impl->output->text_task_iteration();
 }
 
 static gboolean gst_glm_voice_llm_text_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
@@ -675,10 +599,10 @@ static gboolean gst_glm_voice_llm_text_src_activate_mode(GstPad* pad, GstObject*
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
   if (mode != GST_PAD_MODE_PUSH) return FALSE;
   if (active) {
-    text_set_flushing(self->impl, false);
+    self->impl->output->set_text_flushing(false);
     return gst_pad_start_task(pad, gst_glm_voice_llm_text_loop, self, nullptr);
   }
-  text_set_flushing(self->impl, true);
+  self->impl->output->set_text_flushing(true);
   return gst_pad_stop_task(pad);
 }
 
@@ -809,7 +733,7 @@ static void flush_start(GstGlmVoiceLlm* self, GstEvent* event) {
   GstGlmVoiceLlmImpl* impl = self->impl;
   impl->srcresult = GST_FLOW_FLUSHING;
   impl->turns.set_flushing(true, /*drop_input=*/false);
-  text_set_flushing(impl, true);
+  impl->output->set_text_flushing(true);
   gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
   gst_pad_push_event(self->srcpad, event);
   gst_pad_pause_task(self->textsrcpad);
@@ -823,13 +747,13 @@ static void flush_stop(GstGlmVoiceLlm* self, GstEvent* event) {
   gst_pad_push_event(self->srcpad, event);
   GST_PAD_STREAM_LOCK(self->srcpad);
   if (impl->conversation) impl->conversation->abandon();  // the history keeps the generated part
-  reset_output(impl);
+  impl->output->reset(/*new_stream=*/false);
   GST_PAD_STREAM_UNLOCK(self->srcpad);
   impl->partial_line.clear();
   // Restart the tasks only on pads that are still active: a FLUSH_STOP racing with
   // PAUSED->READY must not leave a task running on a deactivated pad (as gstqueue).
   if (gst_pad_is_active(self->textsrcpad)) {
-    text_set_flushing(impl, false);
+    impl->output->set_text_flushing(false);
     gst_pad_start_task(self->textsrcpad, gst_glm_voice_llm_text_loop, self, nullptr);
   }
   if (gst_pad_is_active(self->srcpad)) {
@@ -1005,177 +929,14 @@ static gboolean gst_glm_voice_llm_src_activate_mode(GstPad* pad, GstObject* pare
   return gst_pad_stop_task(pad);
 }
 
-static void push_sticky_events(GstGlmVoiceLlm* self) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  if (impl->need_stream_start) {
-    // The answer is a new stream (not derived from one upstream stream: there can be two
-    // sink pads, so gst_pad_create_stream_id() cannot be used).
-    const guint group = gst_util_group_id_next();
-    const guint32 r1 = g_random_int(), r2 = g_random_int();
-    for (GstPad* pad : {self->textsrcpad, self->srcpad}) {
-      gchar* id = g_strdup_printf("%08x%08x/%s", r1, r2, pad == self->srcpad ? "speech" : "text");
-      GstEvent* ev = gst_event_new_stream_start(id);
-      gst_event_set_group_id(ev, group);
-      if (pad == self->srcpad) {
-        gst_pad_push_event(pad, ev);
-      } else {
-        text_enqueue(impl, GST_MINI_OBJECT_CAST(ev));
-      }
-      g_free(id);
-    }
-    GstCaps* caps = gst_caps_from_string(GST_GLM_VOICE_TEXT_CAPS);
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_caps(caps)));
-    gst_caps_unref(caps);
-    caps = gst_glm_voice_tokens_caps_new(static_cast<gint>(impl->conversation->model().tokenizer().n_audio()));
-    gst_pad_push_event(self->srcpad, gst_event_new_caps(caps));
-    gst_caps_unref(caps);
-    impl->need_stream_start = false;
-  }
-  if (impl->need_segment) {
-    GstSegment segment;
-    gst_segment_init(&segment, GST_FORMAT_TIME);
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_segment(&segment)));
-    gst_pad_push_event(self->srcpad, gst_event_new_segment(&segment));
-    impl->need_segment = false;
-  }
-}
-
-// PTS of the next speech token of the answer in progress.
-static GstClockTime speech_position(const GstGlmVoiceLlmImpl* impl) {
-  return impl->response_start + impl->speech_index * GST_GLM_VOICE_TOKEN_DURATION;
-}
-
-// Covers text_src's timeline up to `end` with a GAP (queued: never blocks). `always`: also a
-// zero-length GAP, so that a text sink prerolls before a speech push that may block.
-static void cover_text(GstGlmVoiceLlmImpl* impl, GstClockTime end, bool always) {
-  if (end < impl->text_pos || (end == impl->text_pos && !always)) return;
-  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_event_new_gap(impl->text_pos, end - impl->text_pos)));
-  impl->text_pos = end;
-}
-
-// Moves both output timelines to `end` with GAP events (the text one first: the speech push
-// may block in a sink's preroll until the text sink has prerolled too).
-static void advance_outputs(GstGlmVoiceLlm* self, GstClockTime end, bool always) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  if (!GST_CLOCK_TIME_IS_VALID(end) || end < impl->out_pos || (end == impl->out_pos && !always)) return;
-  cover_text(impl, end, always);
-  gst_pad_push_event(self->srcpad, gst_event_new_gap(impl->out_pos, end - impl->out_pos));
-  impl->out_pos = end;
-}
-
-// text-lines: one line per answer, so newlines and control bytes inside it are escaped.
-static std::string escape_line(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    switch (c) {
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\\': out += "\\\\"; break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char hex[8];
-          g_snprintf(hex, sizeof hex, "\\x%02X", c);
-          out += hex;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out;
-}
-
-static GstFlowReturn push_text_buffer(GstGlmVoiceLlmImpl* impl, const std::string& text, GstClockTime pts,
-                                      GstClockTime duration) {
-  const std::string out = impl->lines_mode ? escape_line(text) : text;
-  if (out.empty()) return GST_FLOW_OK;
-  GstBuffer* buf = gst_buffer_new_memdup(out.data(), out.size());
-  GST_BUFFER_PTS(buf) = pts;
-  GST_BUFFER_DURATION(buf) = duration;
-  if (pts > impl->text_pos) impl->text_pos = pts;
-  if (GST_CLOCK_TIME_IS_VALID(duration) && pts + duration > impl->text_pos) impl->text_pos = pts + duration;
-  return text_enqueue(impl, GST_MINI_OBJECT_CAST(buf));
-}
-
-// text-segments: the held segment goes out with the speech run that followed it.
-static GstFlowReturn push_held_text(GstGlmVoiceLlmImpl* impl) {
-  if (impl->held_text.empty()) return GST_FLOW_OK;
-  const GstClockTime pts = impl->run_tokens > 0 ? impl->held_pts : speech_position(impl);
-  const GstFlowReturn ret = push_text_buffer(impl, impl->held_text, pts, impl->run_tokens * GST_GLM_VOICE_TOKEN_DURATION);
-  impl->held_text.clear();
-  impl->run_tokens = 0;
-  return ret;
-}
-
-static GstFlowReturn add_text(GstGlmVoiceLlmImpl* impl, const std::string& text) {
-  if (text.empty()) return GST_FLOW_OK;
-  if (!impl->segment_mode) return push_text_buffer(impl, text, speech_position(impl), GST_CLOCK_TIME_NONE);
-  GstFlowReturn ret = GST_FLOW_OK;
-  if (impl->run_tokens > 0) ret = push_held_text(impl);  // a new segment begins
-  impl->held_text += text;
-  return ret;
-}
-
-static GstFlowReturn push_speech_token(GstGlmVoiceLlm* self, int64_t token) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  const GstClockTime pts = speech_position(impl);
-  if (impl->segment_mode && !impl->held_text.empty()) {
-    // The held text will carry this run's start: the text timeline waits there.
-    if (impl->run_tokens == 0) {
-      impl->held_pts = pts;
-      cover_text(impl, pts, /*always=*/true);
-    }
-    ++impl->run_tokens;
-  } else {
-    cover_text(impl, pts + GST_GLM_VOICE_TOKEN_DURATION, false);
-  }
-  const gint32 value = static_cast<gint32>(token);
-  GstBuffer* buf = gst_glm_voice_tokens_buffer_new(&value, 1);
-  GST_BUFFER_PTS(buf) = pts;
-  GST_BUFFER_DURATION(buf) = GST_GLM_VOICE_TOKEN_DURATION;
-  GST_BUFFER_OFFSET(buf) = impl->token_offset;
-  GST_BUFFER_OFFSET_END(buf) = impl->token_offset + 1;
-  if (impl->discont) {
-    GST_BUFFER_FLAG_SET(buf, GST_BUFFER_FLAG_DISCONT);
-    impl->discont = false;
-  }
-  ++impl->speech_index;
-  ++impl->token_offset;
-  impl->out_pos = pts + GST_GLM_VOICE_TOKEN_DURATION;
-  const GstFlowReturn ret = gst_pad_push(self->srcpad, buf);
-  // Text-only use: an unlinked speech pad is fine while text_src is linked.
-  if (ret == GST_FLOW_NOT_LINKED && gst_pad_is_linked(self->textsrcpad)) return GST_FLOW_OK;
-  return ret;
-}
-
-// Sends end-of-response on both pads (text first), so that the answer ends where its last
-// speech token ends; an answer without speech gets a GAP on src so its sink prerolls.
-static void end_response(GstGlmVoiceLlm* self, const char* reason) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  const GstClockTime end = speech_position(impl);
-  if (impl->lines_mode) {
-    GstBuffer* nl = gst_buffer_new_memdup("\n", 1);
-    GST_BUFFER_PTS(nl) = std::max(end, impl->text_pos);
-    text_enqueue(impl, GST_MINI_OBJECT_CAST(nl));
-  }
-  cover_text(impl, end, false);
-  text_enqueue(impl, GST_MINI_OBJECT_CAST(gst_glm_voice_event_new_end_of_response(reason)));
-  if (impl->speech_index == 0) advance_outputs(self, end, /*always=*/true);
-  gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_end_of_response(reason));
-}
-
-// The answer ended (any reason): remaining text, end-of-response, the per-turn message.
+// The answer ended (any reason): the per-turn message, remaining text, end-of-response.
 static GstFlowReturn finish_answer(GstGlmVoiceLlm* self, const glmvoice::llm::ChatEvent& end) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  GstFlowReturn ret = add_text(impl, end.text);
-  const GstFlowReturn held = push_held_text(impl);
-  if (ret == GST_FLOW_OK) ret = held;
   // The report goes out first, so that whoever sees end-of-response finds it on the bus.
-  GstStructure* report = impl->conversation->turn_report(end, impl->speech_index);
+  GstStructure* report = impl->conversation->turn_report(end, impl->output->speech_tokens());
   GST_INFO_OBJECT(self, "answer: %" GST_PTR_FORMAT, report);
   gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), report));
-  end_response(self, glmvoice::llm::stop_reason_name(end.reason));
-  return ret;
+  return impl->output->end_answer(end.text, glmvoice::llm::stop_reason_name(end.reason));
 }
 
 static LlmTurnSettings turn_settings(GstGlmVoiceLlm* self) {
@@ -1188,8 +949,6 @@ static LlmTurnSettings turn_settings(GstGlmVoiceLlm* self) {
   s.max_new_tokens = impl->max_new_tokens;
   s.system_prompt = impl->system_prompt;
   s.keep_history = impl->keep_history;
-  impl->segment_mode = impl->text_segments;
-  impl->lines_mode = impl->text_lines;
   GST_OBJECT_UNLOCK(self);
   return s;
 }
@@ -1197,20 +956,15 @@ static LlmTurnSettings turn_settings(GstGlmVoiceLlm* self) {
 static void start_answer(GstGlmVoiceLlm* self, const QueuedTurn& turn) {
   GstGlmVoiceLlmImpl* impl = self->impl;
   const LlmTurnSettings settings = turn_settings(self);
+  GST_OBJECT_LOCK(self);
+  const bool segment_mode = impl->text_segments, lines_mode = impl->text_lines;
+  GST_OBJECT_UNLOCK(self);
   const LlmConversation::Start start = impl->conversation->start(turn, settings);
-  // The answer's timeline: after the user's input, and after the previous answer.
-  impl->response_start = impl->out_pos;
-  if (GST_CLOCK_TIME_IS_VALID(turn.input_end) && turn.input_end > impl->response_start) {
-    impl->response_start = turn.input_end;
-  }
-  impl->speech_index = 0;
-  impl->held_text.clear();
-  impl->run_tokens = 0;
-  advance_outputs(self, impl->response_start, false);
+  impl->output->begin_answer(turn.input_end, segment_mode, lines_mode);
   if (!start.ok) {
     GST_ELEMENT_WARNING(self, STREAM, DECODE, ("User turn not answered: it does not fit in the context"),
                         ("%s", start.error.c_str()));
-    end_response(self, glmvoice::llm::stop_reason_name(glmvoice::llm::StopReason::kContext));
+    impl->output->end_answer("", glmvoice::llm::stop_reason_name(glmvoice::llm::StopReason::kContext));
     return;
   }
   if (start.dropped_turns > 0) {
@@ -1219,7 +973,7 @@ static void start_answer(GstGlmVoiceLlm* self, const QueuedTurn& turn) {
     gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), report));
   }
   GST_DEBUG_OBJECT(self, "answering turn %" G_GINT64_FORMAT " at %" GST_TIME_FORMAT,
-                   impl->conversation->turn_count(), GST_TIME_ARGS(impl->response_start));
+                   impl->conversation->turn_count(), GST_TIME_ARGS(impl->output->response_start()));
 }
 
 // Warns once when a live answer starts later than the latency budget.
@@ -1243,18 +997,12 @@ static GstFlowReturn generate_one(GstGlmVoiceLlm* self) {
   const glmvoice::llm::ChatEvent ev = impl->conversation->step();
   if (first) check_latency(self);
   switch (ev.kind) {
-    case glmvoice::llm::ChatEvent::kAudio: return push_speech_token(self, ev.speech_token);
-    case glmvoice::llm::ChatEvent::kText: return add_text(impl, ev.text);
+    case glmvoice::llm::ChatEvent::kAudio: return impl->output->push_speech_token(ev.speech_token);
+    case glmvoice::llm::ChatEvent::kText: return impl->output->add_text(ev.text);
     case glmvoice::llm::ChatEvent::kOther: return GST_FLOW_OK;
     case glmvoice::llm::ChatEvent::kEnd: return finish_answer(self, ev);
   }
   return GST_FLOW_OK;
-}
-
-// Ends both outputs with EOS (text first: the speech push may block until PLAYING).
-static void push_eos(GstGlmVoiceLlm* self) {
-  text_enqueue(self->impl, GST_MINI_OBJECT_CAST(gst_event_new_eos()));
-  gst_pad_push_event(self->srcpad, gst_event_new_eos());
 }
 
 // Pauses the task on a flow that is not OK (as gstqueue's loop).
@@ -1267,7 +1015,7 @@ static void stop_on_flow(GstGlmVoiceLlm* self, GstFlowReturn ret) {
   gst_pad_pause_task(self->srcpad);
   if (ret == GST_FLOW_NOT_LINKED || ret < GST_FLOW_EOS) {
     if (ret != GST_FLOW_ERROR) GST_ELEMENT_FLOW_ERROR(self, ret);
-    push_eos(self);
+    impl->output->push_eos();
   }
 }
 
@@ -1286,17 +1034,17 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
   }
   GstFlowReturn ret = GST_FLOW_OK;
   try {
-    push_sticky_events(self);
+    impl->output->push_sticky_events(static_cast<gint>(conversation.model().tokenizer().n_audio()));
     switch (work.kind) {
       case LlmWork::kFlushing:
       case LlmWork::kIdle: break;
       case LlmWork::kStart: start_answer(self, work.turn); break;
       case LlmWork::kStep: ret = generate_one(self); break;
       case LlmWork::kInterrupt: ret = finish_answer(self, conversation.interrupt()); break;
-      case LlmWork::kGap: advance_outputs(self, work.gap_end, false); break;
+      case LlmWork::kGap: impl->output->advance(work.gap_end, false); break;
       case LlmWork::kEos:
         GST_DEBUG_OBJECT(self, "all input done: EOS");
-        push_eos(self);
+        impl->output->push_eos();
         ret = GST_FLOW_EOS;
         break;
     }
