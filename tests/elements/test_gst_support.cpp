@@ -81,6 +81,26 @@ TEST(Events, test_end_of_response_carries_reason) {
   gst_event_unref(event);
 }
 
+TEST(Events, test_start_of_speech_trio) {
+  GstEvent* event = gst_glm_voice_event_new_start_of_speech(3 * GST_SECOND);
+  EXPECT_TRUE(GST_EVENT_IS_SERIALIZED(event));
+  EXPECT_TRUE(GST_EVENT_IS_DOWNSTREAM(event));
+  EXPECT_TRUE(gst_glm_voice_event_is_start_of_speech(event));
+  EXPECT_FALSE(gst_glm_voice_event_is_end_of_turn(event));
+  EXPECT_FALSE(gst_glm_voice_event_is_end_of_response(event));
+  GstClockTime t = 0;
+  EXPECT_TRUE(gst_glm_voice_event_parse_start_of_speech(event, &t));
+  EXPECT_EQ(t, 3 * GST_SECOND);
+  gst_event_unref(event);
+  event = gst_glm_voice_event_new_start_of_speech(GST_CLOCK_TIME_NONE);
+  EXPECT_TRUE(gst_glm_voice_event_parse_start_of_speech(event, &t));
+  EXPECT_EQ(t, GST_CLOCK_TIME_NONE);
+  gst_event_unref(event);
+  GstEvent* eot = gst_glm_voice_event_new_end_of_turn();
+  EXPECT_FALSE(gst_glm_voice_event_parse_start_of_speech(eot, &t));
+  gst_event_unref(eot);
+}
+
 glmvoice::ModelOptions options_for(const std::string& path) {
   glmvoice::ModelOptions options;
   options.path = path;
