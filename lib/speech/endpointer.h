@@ -5,7 +5,8 @@
 // The input is cut into 10 ms frames; a frame is silent when its RMS level in dBFS
 // (20 log10 rms, full scale = 1.0) is below the threshold. The endpointer fires once after
 // it has seen at least one non-silent frame followed by `silence_ms` of silent frames, then
-// re-arms on the next non-silent frame.
+// re-arms on the next non-silent frame. With `silence_ms` = 0 it never fires and only tells
+// where speech begins (the tokenizer's start-of-speech for barge-in).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,12 @@ class SilenceEndpointer {
   // (counted from the start of this call), or -1 when it did not fire in this call.
   // After firing, the rest of `x` is not examined: call again with x + result.
   int64_t push(const float* x, int64_t n);
+  // Where speech began during the last push: the number of samples (counted from the start
+  // of that call) up to the end of the first non-silent frame after silence; -1 if it did
+  // not begin there. A push that fired the endpoint stops there, so at most one begins.
+  int64_t speech_start() const { return speech_start_; }
+  // New threshold / silence length (mutable while streaming); the current frame and runs stay.
+  void configure(double threshold_db, int64_t silence_ms);
   void reset();
   bool in_speech() const { return in_speech_; }
 
@@ -31,6 +38,7 @@ class SilenceEndpointer {
   int64_t frame_fill_ = 0;
   int64_t silent_run_ = 0;     // consecutive silent frames
   bool in_speech_ = false;
+  int64_t speech_start_ = -1;
 };
 
 }  // namespace glmvoice::speech

@@ -169,5 +169,21 @@ TEST(SpeechEndpointer, test_threshold_and_reset) {
   EXPECT_EQ(ep.push(quiet.data(), 3200), -1);
 }
 
+TEST(SpeechEndpointer, test_speech_start_and_detection_only) {
+  SilenceEndpointer ep(-50.0, 0, 16000);  // 0 ms: never ends a turn, only detects speech
+  std::vector<float> x(3200, 0.0f);
+  std::fill(x.begin() + 1000, x.end(), 0.1f);
+  EXPECT_EQ(ep.push(x.data(), 3200), -1);
+  EXPECT_EQ(ep.speech_start(), 1120) << "end of the first loud 10 ms frame (1120 = 7 x 160)";
+  std::vector<float> silence(32000, 0.0f);
+  EXPECT_EQ(ep.push(silence.data(), 32000), -1) << "silence_ms 0 never fires";
+  EXPECT_EQ(ep.speech_start(), -1);
+  EXPECT_TRUE(ep.in_speech());
+  ep.configure(-50.0, 100);
+  EXPECT_EQ(ep.push(silence.data(), 3200), 1600) << "configure() applies while streaming";
+  EXPECT_EQ(ep.push(x.data(), 3200), -1);
+  EXPECT_EQ(ep.speech_start(), 1120) << "speech begins again after the endpoint";
+}
+
 }  // namespace
 }  // namespace glmvoice::speech
