@@ -53,7 +53,8 @@
 #include "glmvoice_caps.h"
 #include "glmvoice_element_util.h"
 #include "glmvoice_events.h"
-#include "glmvoice_model_cache.h"
+#include "glmvoice_latency.h"
+#include "glmvoice_model_props.h"
 #include "speech/endpointer.h"
 #include "speech/tokenizer_model.h"
 #include "speech/tokenizer_state.h"
@@ -61,9 +62,6 @@
 GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_tokenize_debug);
 #define GST_CAT_DEFAULT gst_glm_voice_tokenize_debug
 
-#define DEFAULT_MODEL_PATH ""
-#define DEFAULT_DEVICE ""
-#define DEFAULT_DTYPE "float32"
 #define DEFAULT_ENDPOINT_SILENCE_MS 0
 #define DEFAULT_SILENCE_THRESHOLD_DB -50.0
 #define DEFAULT_OFFLINE_EXACT FALSE
@@ -82,6 +80,7 @@ enum {
   PROP_ENDPOINT_SILENCE_MS,
   PROP_SILENCE_THRESHOLD_DB,
   PROP_OFFLINE_EXACT,
+  PROP_LATENCY,
 };
 
 #define SINK_CAPS "audio/x-raw, format=(string)F32LE, rate=(int)16000, channels=(int)1, layout=(string)interleaved"
@@ -103,17 +102,16 @@ struct Anchor {
 
 struct GstGlmVoiceTokenizeImpl {
   // Settings: protected by the object lock; copied at NULL->READY / READY->PAUSED.
-  std::string model_path = DEFAULT_MODEL_PATH;
-  std::string device = DEFAULT_DEVICE;
-  std::string dtype = DEFAULT_DTYPE;
+  glmvoice::gst::ModelProperties model_props{PROP_MODEL_PATH, MODEL_SUBDIR};
+  glmvoice::gst::LatencyBudget latency{PROP_LATENCY};
   guint endpoint_silence_ms = DEFAULT_ENDPOINT_SILENCE_MS;
   gdouble silence_threshold_db = DEFAULT_SILENCE_THRESHOLD_DB;
   gboolean offline_exact = DEFAULT_OFFLINE_EXACT;
+  bool endpointing_changed = false;  // endpoint-silence-ms / silence-threshold-db set while streaming
 
   // Set at NULL->READY, dropped at READY->NULL (state-change thread; read by the
   // streaming thread only in PAUSED/PLAYING).
   std::shared_ptr<const glmvoice::speech::TokenizerModel> model;
-  GstClockTime latency = 0;
 
   // Streaming state: protected by the sink pad's stream lock.
   std::unique_ptr<glmvoice::speech::TokenizerState> state;
@@ -175,52 +173,39 @@ static void gst_glm_voice_tokenize_class_init(GstGlmVoiceTokenizeClass* klass) {
    * GstGlmVoiceTokenize:model-path:
    * Directory of the tokenizer in the Hugging Face layout (config.json,
    * preprocessor_config.json, model.safetensors). Empty: $GLMVOICE_MODEL_DIR/glm-4-voice-tokenizer.
-   */
-  g_object_class_install_property(
-      gobject_class, PROP_MODEL_PATH,
-      g_param_spec_string("model-path", "Model path",
-                          "Tokenizer model directory (empty: $GLMVOICE_MODEL_DIR/" MODEL_SUBDIR ")",
-                          DEFAULT_MODEL_PATH,
-                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
-  /**
+   *
    * GstGlmVoiceTokenize:device:
    * "cpu", "cuda" or "cuda:N"; empty = CUDA when available, else CPU. Reads back the device
    * in use once the model is loaded.
-   */
-  g_object_class_install_property(
-      gobject_class, PROP_DEVICE,
-      g_param_spec_string("device", "Device", "cpu, cuda, cuda:N (empty: CUDA when available)",
-                          DEFAULT_DEVICE,
-                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
-  /**
+   *
    * GstGlmVoiceTokenize:dtype:
    * Compute dtype: float32 (exact parity), bfloat16 or float16 (GPU). VQ distances stay float32.
    */
-  g_object_class_install_property(
-      gobject_class, PROP_DTYPE,
-      g_param_spec_string("dtype", "Dtype", "float32, bfloat16 or float16", DEFAULT_DTYPE,
-                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  glmvoice::gst::ModelProperties::install(gobject_class, PROP_MODEL_PATH, MODEL_SUBDIR,
+                                          "config.json, preprocessor_config.json, model.safetensors");
   /**
    * GstGlmVoiceTokenize:endpoint-silence-ms:
    * After this much trailing silence (following speech) the element flushes the partial
-   * block, sends end-of-turn and starts a new utterance. 0 disables endpointing.
+   * block, sends end-of-turn and starts a new utterance. 0 disables endpointing (speech
+   * starts are still detected for start-of-speech). Can be changed while PLAYING.
    */
   g_object_class_install_property(
       gobject_class, PROP_ENDPOINT_SILENCE_MS,
       g_param_spec_uint("endpoint-silence-ms", "Endpoint silence (ms)",
                         "Trailing silence that ends a turn (0 = off)", 0, 600000,
                         DEFAULT_ENDPOINT_SILENCE_MS,
-                        (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+                        (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING)));
   /**
    * GstGlmVoiceTokenize:silence-threshold-db:
-   * 10 ms frames whose RMS level (dBFS) is below this count as silence for endpointing.
+   * 10 ms frames whose RMS level (dBFS) is below this count as silence for endpointing and
+   * start-of-speech. Can be changed while PLAYING.
    */
   g_object_class_install_property(
       gobject_class, PROP_SILENCE_THRESHOLD_DB,
       g_param_spec_double("silence-threshold-db", "Silence threshold (dB)",
                           "RMS level in dBFS below which a 10 ms frame is silent", -200.0, 0.0,
                           DEFAULT_SILENCE_THRESHOLD_DB,
-                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+                          (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING)));
 
   /**
    * GstGlmVoiceTokenize:offline-exact:
@@ -234,6 +219,14 @@ static void gst_glm_voice_tokenize_class_init(GstGlmVoiceTokenizeClass* klass) {
                            "(latency up to 30 s)",
                            DEFAULT_OFFLINE_EXACT,
                            (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)));
+  /**
+   * GstGlmVoiceTokenize:latency:
+   * Latency budget in nanoseconds; 0 = automatic: one attention block (or one 30 s segment
+   * with offline-exact) + the largest measured block compute time.
+   */
+  glmvoice::gst::LatencyBudget::install(
+      gobject_class, PROP_LATENCY,
+      "Latency budget in ns added in live pipelines (0 = automatic: one block + measured compute)");
 
   gst_element_class_add_static_pad_template(element_class, &sink_template);
   gst_element_class_add_static_pad_template(element_class, &src_template);
@@ -270,28 +263,17 @@ static void gst_glm_voice_tokenize_set_property(GObject* object, guint prop_id, 
                                                 GParamSpec* pspec) {
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(object);
   GstGlmVoiceTokenizeImpl* impl = self->impl;
+  if (impl->model_props.set_property(object, prop_id, value)) return;
+  if (impl->latency.set_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH: {
-      const gchar* s = g_value_get_string(value);
-      impl->model_path = s ? s : "";
-      break;
-    }
-    case PROP_DEVICE: {
-      const gchar* s = g_value_get_string(value);
-      impl->device = s ? s : "";
-      break;
-    }
-    case PROP_DTYPE: {
-      const gchar* s = g_value_get_string(value);
-      impl->dtype = s ? s : DEFAULT_DTYPE;
-      break;
-    }
     case PROP_ENDPOINT_SILENCE_MS:
       impl->endpoint_silence_ms = g_value_get_uint(value);
+      impl->endpointing_changed = true;
       break;
     case PROP_SILENCE_THRESHOLD_DB:
       impl->silence_threshold_db = g_value_get_double(value);
+      impl->endpointing_changed = true;
       break;
     case PROP_OFFLINE_EXACT:
       impl->offline_exact = g_value_get_boolean(value);
@@ -307,20 +289,10 @@ static void gst_glm_voice_tokenize_get_property(GObject* object, guint prop_id, 
                                                 GParamSpec* pspec) {
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(object);
   GstGlmVoiceTokenizeImpl* impl = self->impl;
+  if (impl->model_props.get_property(object, prop_id, value)) return;
+  if (impl->latency.get_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH:
-      g_value_set_string(value, impl->model_path.c_str());
-      break;
-    case PROP_DEVICE:
-      // the device in use once loaded (shows an "auto" choice)
-      g_value_set_string(value, impl->model && impl->device.empty()
-                                    ? impl->model->options().device.str().c_str()
-                                    : impl->device.c_str());
-      break;
-    case PROP_DTYPE:
-      g_value_set_string(value, impl->dtype.c_str());
-      break;
     case PROP_ENDPOINT_SILENCE_MS:
       g_value_set_uint(value, impl->endpoint_silence_ms);
       break;
@@ -337,22 +309,24 @@ static void gst_glm_voice_tokenize_get_property(GObject* object, guint prop_id, 
   GST_OBJECT_UNLOCK(self);
 }
 
+// What the tokenizer waits for before a token can come out: one attention block of input
+// (one 30 s segment with offline-exact).
+static GstClockTime input_delay(const glmvoice::speech::TokenizerConfig& config, bool offline_exact) {
+  return gst_util_uint64_scale_int(offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
+                                   static_cast<gint>(config.features.sampling_rate));
+}
+
 static gboolean load_model(GstGlmVoiceTokenize* self) {
   GstGlmVoiceTokenizeImpl* impl = self->impl;
-  GST_OBJECT_LOCK(self);
-  const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
-  const bool offline_exact = impl->offline_exact;
-  GST_OBJECT_UNLOCK(self);
-  auto model = glmvoice::gst::load_shared_model<glmvoice::speech::TokenizerModel>(
-      GST_ELEMENT(self), "tokenizer", "speech tokenizer", path, MODEL_SUBDIR, device, dtype);
+  auto model = impl->model_props.load<glmvoice::speech::TokenizerModel>(GST_ELEMENT(self), "tokenizer",
+                                                                        "speech tokenizer");
   if (!model) return FALSE;
   const auto& config = model->config();
   GST_OBJECT_LOCK(self);
   impl->model = model;
-  impl->latency = gst_util_uint64_scale_int(
-      offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
-      static_cast<gint>(config.features.sampling_rate));
+  const bool offline_exact = impl->offline_exact;
   GST_OBJECT_UNLOCK(self);
+  impl->latency.set_inherent(GST_ELEMENT(self), input_delay(config, offline_exact));
   GST_INFO_OBJECT(self, "tokenizer %s on %s: d_model %" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
                   " layers, codebook %" G_GINT64_FORMAT ", block %" G_GINT64_FORMAT " frames",
                   model->options().path.c_str(), model->options().device.str().c_str(), config.d_model,
@@ -372,19 +346,15 @@ static GstStateChangeReturn gst_glm_voice_tokenize_change_state(GstElement* elem
       GST_OBJECT_LOCK(self);
       const guint silence_ms = impl->endpoint_silence_ms;
       const gdouble threshold = impl->silence_threshold_db;
+      impl->endpointing_changed = false;
       glmvoice::speech::TokenizerStreamOptions stream_options;
       stream_options.offline_exact = impl->offline_exact;
-      const auto& config = impl->model->config();
-      impl->latency = gst_util_uint64_scale_int(
-          stream_options.offline_exact ? config.segment_samples() : config.block_samples(), GST_SECOND,
-          static_cast<gint>(config.features.sampling_rate));
       GST_OBJECT_UNLOCK(self);
+      impl->latency.set_inherent(element, input_delay(impl->model->config(), stream_options.offline_exact));
       impl->state = std::make_unique<glmvoice::speech::TokenizerState>(impl->model, stream_options);
-      impl->endpointer.reset();
-      if (silence_ms > 0) {
-        impl->endpointer = std::make_unique<glmvoice::speech::SilenceEndpointer>(
-            threshold, silence_ms, impl->model->config().features.sampling_rate);
-      }
+      // Always there: with endpoint-silence-ms = 0 it only detects speech starts.
+      impl->endpointer = std::make_unique<glmvoice::speech::SilenceEndpointer>(
+          threshold, silence_ms, impl->model->config().features.sampling_rate);
       gst_segment_init(&impl->segment, GST_FORMAT_TIME);
       impl->have_caps = false;
       impl->reset_stream();
@@ -407,6 +377,8 @@ static GstStateChangeReturn gst_glm_voice_tokenize_change_state(GstElement* elem
       GST_OBJECT_LOCK(self);
       impl->model.reset();
       GST_OBJECT_UNLOCK(self);
+      impl->model_props.unload(element);
+      impl->latency.reset_measured(element);
       break;
     default:
       break;
@@ -480,6 +452,63 @@ static GstFlowReturn finish_utterance(GstGlmVoiceTokenize* self, bool at_endpoin
 
 /* ---- events and queries ------------------------------------------------------------- */
 
+static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer);
+
+// Forwards GAP [timestamp, +duration) clipped so that it never starts before the end of the
+// tokens already pushed.
+static void forward_gap(GstGlmVoiceTokenize* self, GstClockTime timestamp, GstClockTime duration) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GstClockTime start = timestamp;
+  if (GST_CLOCK_TIME_IS_VALID(impl->last_token_end) && impl->last_token_end > start) start = impl->last_token_end;
+  GstClockTime length = duration;
+  if (GST_CLOCK_TIME_IS_VALID(duration)) {
+    const GstClockTime end = timestamp + duration;
+    if (end <= start) return;  // all of it is covered by tokens already
+    length = end - start;
+  }
+  GST_LOG_OBJECT(self, "forwarding gap %" GST_TIME_FORMAT " + %" GST_TIME_FORMAT, GST_TIME_ARGS(start),
+                 GST_TIME_ARGS(length));
+  gst_pad_push_event(self->srcpad, gst_event_new_gap(start, length));
+}
+
+// GAP: no audio for [timestamp, +duration), i.e. silence. Outside an utterance nothing is
+// pending, so it goes on at once. Inside one it is tokenized as digital silence (that is what
+// the user heard; it counts towards endpoint-silence-ms), so the tokens stay in order and
+// contiguous; what is left of it after an endpoint it causes goes on as a GAP after them.
+static GstFlowReturn handle_gap(GstGlmVoiceTokenize* self, GstClockTime timestamp, GstClockTime duration) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  const bool in_utterance = impl->state && impl->have_caps && impl->state->samples_pushed() > 0 &&
+                            !impl->awaiting_speech;
+  if (!in_utterance || !GST_CLOCK_TIME_IS_VALID(timestamp) || !GST_CLOCK_TIME_IS_VALID(duration)) {
+    if (in_utterance) {
+      // A GAP of unknown length inside an utterance: the next buffer's timestamp re-anchors.
+      GST_DEBUG_OBJECT(self, "dropping a gap without timestamp or duration inside an utterance");
+      return GST_FLOW_OK;
+    }
+    if (GST_CLOCK_TIME_IS_VALID(timestamp) && GST_CLOCK_TIME_IS_VALID(duration)) {
+      impl->next_pts = timestamp + duration;
+    }
+    forward_gap(self, timestamp, duration);
+    return GST_FLOW_OK;
+  }
+  GST_DEBUG_OBJECT(self, "gap of %" GST_TIME_FORMAT " inside an utterance: tokenized as silence",
+                   GST_TIME_ARGS(duration));
+  const int64_t total = static_cast<int64_t>(gst_util_uint64_scale_round(duration, SAMPLE_RATE, GST_SECOND));
+  constexpr int64_t kPiece = SAMPLE_RATE;  // one second of zeros at a time
+  GstFlowReturn ret = GST_FLOW_OK;
+  for (int64_t done = 0; done < total && ret == GST_FLOW_OK; done += kPiece) {
+    const int64_t n = std::min(kPiece, total - done);
+    GstBuffer* zeros = gst_buffer_new_allocate(nullptr, n * sizeof(float), nullptr);
+    gst_buffer_memset(zeros, 0, 0, n * sizeof(float));
+    GST_BUFFER_PTS(zeros) = timestamp + gst_util_uint64_scale_int(done, GST_SECOND, SAMPLE_RATE);
+    GST_BUFFER_DURATION(zeros) = gst_util_uint64_scale_int(n, GST_SECOND, SAMPLE_RATE);
+    ret = gst_glm_voice_tokenize_chain(self->sinkpad, GST_OBJECT(self), zeros);
+  }
+  // An endpoint in the gap ended the utterance: the rest of the gap belongs to no turn.
+  if (ret == GST_FLOW_OK && impl->awaiting_speech) forward_gap(self, timestamp, duration);
+  return ret;
+}
+
 static gboolean gst_glm_voice_tokenize_sink_event(GstPad* pad, GstObject* parent, GstEvent* event) {
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
   GstGlmVoiceTokenizeImpl* impl = self->impl;
@@ -517,6 +546,12 @@ static gboolean gst_glm_voice_tokenize_sink_event(GstPad* pad, GstObject* parent
     case GST_EVENT_FLUSH_STOP:
       impl->reset_stream();
       return gst_pad_event_default(pad, parent, event);
+    case GST_EVENT_GAP: {
+      GstClockTime timestamp, duration;
+      gst_event_parse_gap(event, &timestamp, &duration);
+      gst_event_unref(event);
+      return handle_gap(self, timestamp, duration) == GST_FLOW_OK;
+    }
     default:
       return gst_pad_event_default(pad, parent, event);
   }
@@ -543,19 +578,7 @@ static gboolean gst_glm_voice_tokenize_sink_query(GstPad* pad, GstObject* parent
 static gboolean gst_glm_voice_tokenize_src_query(GstPad* pad, GstObject* parent, GstQuery* query) {
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
   if (GST_QUERY_TYPE(query) == GST_QUERY_LATENCY) {
-    if (!gst_pad_peer_query(self->sinkpad, query)) return FALSE;
-    gboolean live;
-    GstClockTime min, max;
-    gst_query_parse_latency(query, &live, &min, &max);
-    GST_OBJECT_LOCK(self);
-    const GstClockTime ours = self->impl->latency;
-    GST_OBJECT_UNLOCK(self);
-    min += ours;
-    if (GST_CLOCK_TIME_IS_VALID(max)) max += ours;
-    GST_DEBUG_OBJECT(self, "latency: live %d, ours %" GST_TIME_FORMAT ", total min %" GST_TIME_FORMAT,
-                     live, GST_TIME_ARGS(ours), GST_TIME_ARGS(min));
-    gst_query_set_latency(query, live, min, max);
-    return TRUE;
+    return self->impl->latency.answer_query(GST_ELEMENT(self), self->sinkpad, query);
   }
   return gst_pad_query_default(pad, parent, query);
 }
@@ -588,6 +611,30 @@ static int64_t skip_pause(GstGlmVoiceTokenizeImpl* impl, const float* x, int64_t
   return scanned;
 }
 
+// endpoint-silence-ms / silence-threshold-db changed while streaming: apply them now.
+static void apply_endpointing_settings(GstGlmVoiceTokenize* self) {
+  GstGlmVoiceTokenizeImpl* impl = self->impl;
+  GST_OBJECT_LOCK(self);
+  const bool changed = impl->endpointing_changed;
+  impl->endpointing_changed = false;
+  const guint silence_ms = impl->endpoint_silence_ms;
+  const gdouble threshold = impl->silence_threshold_db;
+  GST_OBJECT_UNLOCK(self);
+  if (!changed) return;
+  GST_DEBUG_OBJECT(self, "endpointing now %u ms below %.1f dB", silence_ms, threshold);
+  impl->endpointer->configure(threshold, silence_ms);
+}
+
+// The endpointer heard speech begin: the frame ending at utterance sample `frame_end`.
+// Sent at once (ahead of the tokens of that audio, which wait for their block) so that a
+// barge-in stops the answer the user talks over without a block's delay.
+static void send_start_of_speech(GstGlmVoiceTokenize* self, int64_t frame_end) {
+  constexpr int64_t kFrame = SAMPLE_RATE / 100;  // the endpointer's 10 ms frame
+  const GstClockTime start = sample_time(self->impl, std::max<int64_t>(0, frame_end - kFrame));
+  GST_DEBUG_OBJECT(self, "start of speech at %" GST_TIME_FORMAT, GST_TIME_ARGS(start));
+  gst_pad_push_event(self->srcpad, gst_glm_voice_event_new_start_of_speech(start));
+}
+
 static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer) {
   (void)pad;
   GstGlmVoiceTokenize* self = GST_GLM_VOICE_TOKENIZE(parent);
@@ -611,6 +658,7 @@ static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent
   GstClockTime pts = GST_BUFFER_PTS(buffer);
   const bool discont = GST_BUFFER_FLAG_IS_SET(buffer, GST_BUFFER_FLAG_DISCONT);
   GstFlowReturn ret = GST_FLOW_OK;
+  apply_endpointing_settings(self);
 
   try {
     int64_t done = 0;
@@ -647,15 +695,21 @@ static GstFlowReturn gst_glm_voice_tokenize_chain(GstPad* pad, GstObject* parent
       // endpointing: split the buffer where the trailing silence completes
       int64_t take = count - done;
       bool endpoint = false;
-      if (impl->endpointer) {
-        const int64_t at = impl->endpointer->push(samples + done, take);
-        if (at >= 0) {
-          take = at;
-          endpoint = true;
-        }
+      const int64_t at = impl->endpointer->push(samples + done, take);
+      if (impl->endpointer->speech_start() >= 0) {
+        send_start_of_speech(self, s0 + impl->endpointer->speech_start());
+      }
+      if (at >= 0) {
+        take = at;
+        endpoint = true;
       }
       const int64_t first = impl->state->tokens_emitted();
+      const gint64 started = g_get_monotonic_time();
       const std::vector<int32_t> ids = impl->state->push(samples + done, take);
+      if (!ids.empty()) {
+        impl->latency.record_compute(GST_ELEMENT(self),
+                                     static_cast<GstClockTime>(g_get_monotonic_time() - started) * GST_USECOND);
+      }
       done += take;
       impl->next_pts = sample_time(impl, impl->state->samples_pushed());
       ret = push_tokens(self, ids, first);

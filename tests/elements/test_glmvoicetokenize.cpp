@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -44,18 +45,23 @@ std::vector<int64_t> offline_ids(const std::vector<float>& x) {
 
 struct Harness {
   GstHarness* h = nullptr;
+  GstElement* element = nullptr;  // the glmvoicetokenize inside the harness bin
   glmvoice::test::Recorder recorder;
 
   explicit Harness(const std::string& props = "") {
-    const std::string launch = "glmvoicetokenize model-path=\"" + model_dir() + "\" device=cpu " + props;
+    const std::string launch = "glmvoicetokenize name=tok model-path=\"" + model_dir() + "\" device=cpu " + props;
     h = gst_harness_new_parse(launch.c_str());
+    element = gst_bin_get_by_name(GST_BIN(h->element), "tok");
     GstPad* src = gst_element_get_static_pad(h->element, "src");
     gst_pad_add_probe(src, GstPadProbeType(GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM),
                       glmvoice::test::Recorder::probe, &recorder, nullptr);
     gst_object_unref(src);
     gst_harness_set_src_caps_str(h, kAudioCaps);
   }
-  ~Harness() { gst_harness_teardown(h); }
+  ~Harness() {
+    gst_object_unref(element);
+    gst_harness_teardown(h);
+  }
 
   GstFlowReturn push(const float* x, int64_t n, GstClockTime pts, bool discont = false) {
     GstBuffer* buffer = gst_buffer_new_memdup(x, n * sizeof(float));
@@ -326,6 +332,305 @@ TEST(GlmVoiceTokenize, test_offline_exact_property) {
   EXPECT_EQ(ids_of(tokens), offline_ids(x));
   for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i].pts, i * kToken);
   EXPECT_EQ(gst_harness_query_latency(t.h), 30 * GST_SECOND);
+}
+
+}  // namespace
+
+namespace {
+
+// What left the element, in order: buffers with their PTS, events with a timestamp where
+// they have one (GAP start, start-of-speech time).
+struct Timeline {
+  struct Item {
+    std::string what;
+    GstClockTime time;
+  };
+  std::vector<Item> items;
+  static GstPadProbeReturn probe(GstPad*, GstPadProbeInfo* info, gpointer data) {
+    auto* self = static_cast<Timeline*>(data);
+    if (GST_PAD_PROBE_INFO_TYPE(info) & GST_PAD_PROBE_TYPE_BUFFER) {
+      self->items.push_back({"buffer", GST_BUFFER_PTS(GST_PAD_PROBE_INFO_BUFFER(info))});
+      return GST_PAD_PROBE_OK;
+    }
+    GstEvent* event = GST_PAD_PROBE_INFO_EVENT(info);
+    GstClockTime t = GST_CLOCK_TIME_NONE, duration;
+    if (GST_EVENT_TYPE(event) == GST_EVENT_GAP) {
+      gst_event_parse_gap(event, &t, &duration);
+      self->items.push_back({"gap", t});
+    } else if (gst_glm_voice_event_parse_start_of_speech(event, &t)) {
+      self->items.push_back({"start-of-speech", t});
+    } else if (gst_glm_voice_event_is_end_of_turn(event)) {
+      self->items.push_back({"end-of-turn", t});
+    } else {
+      self->items.push_back({GST_EVENT_TYPE_NAME(event), t});
+    }
+    return GST_PAD_PROBE_OK;
+  }
+  void attach(GstElement* element) {
+    GstPad* src = gst_element_get_static_pad(element, "src");
+    gst_pad_add_probe(src, GstPadProbeType(GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM), probe,
+                      this, nullptr);
+    gst_object_unref(src);
+  }
+  int count(const std::string& what) const {
+    return static_cast<int>(std::count_if(items.begin(), items.end(), [&](const Item& i) { return i.what == what; }));
+  }
+  // Timestamps of buffers and GAPs never go backwards.
+  void expect_monotonic() const {
+    GstClockTime last = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].what != "buffer" && items[i].what != "gap") continue;
+      EXPECT_GE(items[i].time, last) << items[i].what << " #" << i << " goes backwards";
+      last = items[i].time;
+    }
+  }
+};
+
+GstClockTime samples_time(int64_t n) { return gst_util_uint64_scale_int(n, GST_SECOND, 16000); }
+
+TEST(GlmVoiceTokenize, test_gap_outside_an_utterance_goes_on_at_once) {
+  Harness t;
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_gap(0, GST_SECOND)));
+  ASSERT_EQ(timeline.count("gap"), 1);
+  EXPECT_EQ(timeline.items.back().time, 0u);
+  const std::vector<float> x = glmvoice::test::make_clip(16000, 40);
+  t.push_all(x, 1600, 16000);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  const auto tokens = t.pull_tokens();
+  ASSERT_FALSE(tokens.empty());
+  EXPECT_EQ(tokens[0].pts, GST_SECOND) << "the speech after the gap keeps its own time";
+  timeline.expect_monotonic();
+}
+
+TEST(GlmVoiceTokenize, test_gap_inside_an_utterance_stays_in_order) {
+  // 0.5 s of speech (no block complete: its tokens are pending), a 0.5 s GAP, 0.5 s more.
+  // The GAP is silence the user heard: tokenized as zeros, so the tokens are those of
+  // speech + zeros + speech, contiguous, and nothing goes backwards downstream.
+  Harness t;
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  const std::vector<float> a = glmvoice::test::make_clip(8000, 41), b = glmvoice::test::make_clip(8000, 42);
+  t.push_all(a, 1600);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_gap(samples_time(8000), samples_time(8000))));
+  t.push_all(b, 1600, 16000);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  timeline.expect_monotonic();
+  EXPECT_EQ(timeline.count("gap"), 0) << "the tokens cover the gap";
+  std::vector<float> heard = a;
+  heard.resize(16000, 0.0f);
+  heard.insert(heard.end(), b.begin(), b.end());
+  const auto tokens = t.pull_tokens();
+  EXPECT_EQ(ids_of(tokens), offline_ids(heard));
+  for (size_t i = 0; i < tokens.size(); ++i) EXPECT_EQ(tokens[i].pts, i * kToken) << "token " << i;
+}
+
+TEST(GlmVoiceTokenize, test_gap_counts_as_silence_for_endpointing) {
+  // Speech, then a 2 s GAP (e.g. a muted microphone or DTX): the endpoint fires 300 ms into
+  // the gap; the rest of it goes on as a GAP after the turn's tokens and end-of-turn.
+  Harness t("endpoint-silence-ms=300");
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  const std::vector<float> x = glmvoice::test::make_clip(24000, 43);
+  t.push_all(x, 1600);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_gap(samples_time(24000), 2 * GST_SECOND)));
+  ASSERT_EQ(timeline.count("end-of-turn"), 1) << "a GAP of silence did not end the turn";
+  timeline.expect_monotonic();
+  ASSERT_EQ(timeline.items.back().what, "gap");
+  const auto& eot = std::find_if(timeline.items.begin(), timeline.items.end(),
+                                 [](const Timeline::Item& i) { return i.what == "end-of-turn"; });
+  EXPECT_EQ(std::count_if(eot, timeline.items.end(), [](const Timeline::Item& i) { return i.what == "buffer"; }), 0)
+      << "tokens after end-of-turn";
+  std::vector<float> turn = x;
+  turn.resize(24000 + 4800, 0.0f);  // the endpoint fires after 300 ms of the gap
+  EXPECT_EQ(ids_of(t.pull_tokens()), offline_ids(turn));
+  EXPECT_GE(timeline.items.back().time, samples_time(24000 + 4800)) << "the rest of the gap";
+}
+
+TEST(GlmVoiceTokenize, test_start_of_speech_when_speech_begins) {
+  // Endpointing off: still one start-of-speech, at the first loud 10 ms frame, sent at once
+  // (ahead of the block that will carry those tokens).
+  Harness t;
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  std::vector<float> x(8000, 0.0f);  // 0.5 s of silence, then speech
+  const std::vector<float> speech = glmvoice::test::make_clip(8000, 44);
+  x.insert(x.end(), speech.begin(), speech.end());
+  t.push_all(x, 1600, 16000);  // starts at 1 s
+  ASSERT_EQ(timeline.count("start-of-speech"), 1);
+  const auto start = std::find_if(timeline.items.begin(), timeline.items.end(),
+                                  [](const Timeline::Item& i) { return i.what == "start-of-speech"; });
+  EXPECT_EQ(start->time, GST_SECOND + GST_MSECOND * 500);
+  EXPECT_EQ(std::count_if(timeline.items.begin(), start, [](const Timeline::Item& i) { return i.what == "buffer"; }),
+            0)
+      << "held back behind the block of its tokens";
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  EXPECT_EQ(timeline.count("start-of-speech"), 1);
+}
+
+TEST(GlmVoiceTokenize, test_start_of_speech_once_per_turn) {
+  Harness t("endpoint-silence-ms=300");
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  std::vector<float> x = glmvoice::test::make_clip(16000, 45);
+  x.resize(16000 + 16000, 0.0f);
+  const std::vector<float> b = glmvoice::test::make_clip(16000, 46);
+  x.insert(x.end(), b.begin(), b.end());
+  t.push_all(x, 1600);
+  ASSERT_EQ(timeline.count("start-of-speech"), 2);
+  std::vector<GstClockTime> starts;
+  for (const auto& i : timeline.items) {
+    if (i.what == "start-of-speech") starts.push_back(i.time);
+  }
+  EXPECT_EQ(starts[0], 0u);
+  EXPECT_EQ(starts[1], 2 * GST_SECOND);
+}
+
+TEST(GlmVoiceTokenize, test_endpointing_mutable_while_playing) {
+  GParamSpec* spec = g_object_class_find_property(
+      G_OBJECT_CLASS(g_type_class_peek(g_type_from_name("GstGlmVoiceTokenize"))), "endpoint-silence-ms");
+  ASSERT_NE(spec, nullptr);
+  EXPECT_TRUE(spec->flags & GST_PARAM_MUTABLE_PLAYING);
+  Harness t;  // endpointing off
+  Timeline timeline;
+  timeline.attach(t.h->element);
+  std::vector<float> x = glmvoice::test::make_clip(16000, 47);
+  x.resize(32000, 0.0f);
+  t.push_all(x, 1600);
+  EXPECT_EQ(timeline.count("end-of-turn"), 0);
+  g_object_set(t.element, "endpoint-silence-ms", 300u, nullptr);  // while PLAYING
+  t.push_all(x, 1600, 32000);
+  EXPECT_EQ(timeline.count("end-of-turn"), 1) << "the new endpoint-silence-ms did not apply";
+}
+
+TEST(GlmVoiceTokenize, test_latency_includes_measured_compute) {
+  Harness t;
+  const std::vector<float> x = glmvoice::test::make_clip(12801, 48);
+  t.push_all(x, 12801);  // block 0 computed
+  EXPECT_GT(gst_harness_query_latency(t.h), GST_MSECOND * 800);
+}
+
+TEST(GlmVoiceTokenize, test_latency_budget_property) {
+  Harness t;
+  GstBus* bus = gst_bus_new();
+  gst_element_set_bus(t.element, bus);
+  GParamSpec* spec = g_object_class_find_property(G_OBJECT_GET_CLASS(t.element), "latency");
+  ASSERT_NE(spec, nullptr);
+  EXPECT_TRUE(spec->flags & GST_PARAM_MUTABLE_PLAYING);
+  g_object_set(t.element, "latency", 5 * GST_SECOND, nullptr);
+  GstMessage* m = gst_bus_pop_filtered(bus, GST_MESSAGE_LATENCY);
+  EXPECT_NE(m, nullptr) << "a budget change posts a LATENCY message";
+  if (m) gst_message_unref(m);
+  EXPECT_EQ(gst_harness_query_latency(t.h), 5 * GST_SECOND);
+  // a budget smaller than one block: one warning, not one per block
+  g_object_set(t.element, "latency", GST_MSECOND, nullptr);
+  const std::vector<float> x = glmvoice::test::make_clip(16000 * 3, 49);
+  t.push_all(x, 1600);
+  int warnings = 0;
+  while (GstMessage* w = gst_bus_pop_filtered(bus, GST_MESSAGE_WARNING)) {
+    ++warnings;
+    gst_message_unref(w);
+  }
+  EXPECT_EQ(warnings, 1);
+  gst_element_set_bus(t.element, nullptr);
+  gst_object_unref(bus);
+}
+
+// The element's latency answer in a real pipeline: live source -> ours added; not live ->
+// upstream's answer as is (not live).
+void query_pipeline_latency(bool live, gboolean* is_live, GstClockTime* min) {
+  const std::string launch = std::string("audiotestsrc is-live=") + (live ? "true" : "false") +
+                             " num-buffers=40 ! audio/x-raw,format=F32LE,rate=16000,channels=1 ! glmvoicetokenize name=tok model-path=\"" +
+                             model_dir() + "\" device=cpu ! fakesink sync=true";
+  GstElement* pipeline = gst_parse_launch(launch.c_str(), nullptr);
+  ASSERT_NE(pipeline, nullptr);
+  gst_element_set_state(pipeline, GST_STATE_PLAYING);
+  ASSERT_NE(gst_element_get_state(pipeline, nullptr, nullptr, 60 * GST_SECOND), GST_STATE_CHANGE_FAILURE);
+  // the element's own answer (a sink would say live whenever it syncs)
+  GstElement* tok = gst_bin_get_by_name(GST_BIN(pipeline), "tok");
+  GstPad* src = gst_element_get_static_pad(tok, "src");
+  GstQuery* q = gst_query_new_latency();
+  EXPECT_TRUE(gst_pad_query(src, q));
+  gst_object_unref(src);
+  gst_object_unref(tok);
+  gst_query_parse_latency(q, is_live, min, nullptr);
+  gst_query_unref(q);
+  gst_element_set_state(pipeline, GST_STATE_NULL);
+  gst_object_unref(pipeline);
+}
+
+TEST(GlmVoiceTokenize, test_latency_query_live_and_not_live) {
+  gboolean live = TRUE;
+  GstClockTime min = 1;
+  query_pipeline_latency(false, &live, &min);
+  EXPECT_FALSE(live);
+  EXPECT_LT(min, GST_MSECOND * 800) << "not live: upstream's answer, nothing of ours added";
+  query_pipeline_latency(true, &live, &min);
+  EXPECT_TRUE(live);
+  EXPECT_GE(min, GST_MSECOND * 800);
+}
+
+TEST(GlmVoiceTokenize, test_model_properties_checked_when_set) {
+  GstElement* e = gst_element_factory_make("glmvoicetokenize", nullptr);
+  ASSERT_NE(e, nullptr);
+  // dtype is an enum: a nick sets it, a bad one is refused by GObject
+  gst_util_set_object_arg(G_OBJECT(e), "dtype", "bfloat16");
+  gint dtype = 0;
+  g_object_get(e, "dtype", &dtype, nullptr);
+  EXPECT_EQ(dtype, 1);
+  // device: a GLib warning when set, then the load fails naming it (no silent fallback)
+  static int warned = 0;
+  warned = 0;
+  const guint handler = g_log_set_handler(
+      nullptr, G_LOG_LEVEL_WARNING, [](const gchar*, GLogLevelFlags, const gchar* message, gpointer) {
+        if (std::string(message).find("gpu0") != std::string::npos) ++warned;
+      },
+      nullptr);
+  g_object_set(e, "device", "gpu0", "dtype", 0, "model-path", model_dir().c_str(), nullptr);
+  g_log_remove_handler(nullptr, handler);
+  EXPECT_EQ(warned, 1);
+  GstBus* bus = gst_bus_new();
+  gst_element_set_bus(e, bus);
+  EXPECT_EQ(gst_element_set_state(e, GST_STATE_READY), GST_STATE_CHANGE_FAILURE);
+  GstMessage* m = gst_bus_pop_filtered(bus, GST_MESSAGE_ERROR);
+  ASSERT_NE(m, nullptr);
+  GError* err = nullptr;
+  gst_message_parse_error(m, &err, nullptr);
+  EXPECT_TRUE(g_error_matches(err, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS)) << err->message;
+  EXPECT_NE(std::string(err->message).find("gpu0"), std::string::npos) << err->message;
+  g_error_free(err);
+  gst_message_unref(m);
+  gst_element_set_state(e, GST_STATE_NULL);
+  gst_element_set_bus(e, nullptr);
+  gst_object_unref(bus);
+  gst_object_unref(e);
+}
+
+TEST(GlmVoiceTokenize, test_nonzero_segment_and_flushing_seek) {
+  // A segment starting at 10 s (base 2 s): tokens carry the input's timestamps. A flushing
+  // seek to 20 s then restarts the stream there.
+  Harness t;
+  GstSegment segment;
+  gst_segment_init(&segment, GST_FORMAT_TIME);
+  segment.start = 10 * GST_SECOND;
+  segment.time = 10 * GST_SECOND;
+  segment.base = 2 * GST_SECOND;
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_segment(&segment)));
+  const std::vector<float> x = glmvoice::test::make_clip(16000, 50);
+  t.push_all(x, 1600, 160000);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_flush_start()));
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_flush_stop(TRUE)));
+  t.pull_tokens();
+  segment.start = segment.time = 20 * GST_SECOND;
+  segment.base = 0;
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_segment(&segment)));
+  t.push_all(x, 1600, 320000);
+  ASSERT_TRUE(gst_harness_push_event(t.h, gst_event_new_eos()));
+  const auto tokens = t.pull_tokens();
+  EXPECT_EQ(ids_of(tokens), offline_ids(x)) << "nothing of before the seek";
+  ASSERT_FALSE(tokens.empty());
+  EXPECT_EQ(tokens[0].pts, 20 * GST_SECOND);
 }
 
 }  // namespace
