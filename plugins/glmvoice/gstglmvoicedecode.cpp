@@ -19,22 +19,46 @@
  * and a one-frame vocoder cache between blocks. The custom downstream event end-of-response
  * (GstGlmVoiceEndOfResponse, sent by glmvoicellm) and EOS decode the pending tokens as the
  * final block, push that audio, then forward the event; the next tokens start a new response.
- * FLUSH drops everything pending. Token ids >= vocab_size are refused with a STREAM/DECODE
- * error.
+ * Token ids >= vocab_size are refused with a STREAM/DECODE error.
+ *
+ * ## Threads
+ * The sink pad only queues: tokens (at most 1000 = 80 s waiting; then the sink pad blocks)
+ * and serialized events, in order. Decoding runs on the src pad's own streaming task, so the
+ * LLM upstream never waits while a block is synthesized. FLUSH_START stops the task after
+ * the block in progress (one block at most); FLUSH_STOP drops everything queued and pending
+ * and restarts the task if the pad is still active.
+ *
+ * ## Barge-in
+ * An end-of-response with reason "interrupted" (glmvoicellm barge-in=true, after the
+ * tokenizer's start-of-speech) drops the queued tokens of the interrupted response and the
+ * audio of a block being decoded for it; nothing of it is decoded any more. With
+ * #GstGlmVoiceDecode:flush-on-interrupt (default) the audio already downstream (queues, the
+ * sink's buffer) is flushed too (FLUSH_START + FLUSH_STOP without resetting the running time,
+ * then the segment again), so the speaker goes quiet within the block in progress.
+ *
+ * ## GAP
+ * A GAP between responses goes on downstream (clipped so that it never starts before audio
+ * already pushed); inside a response it is dropped, the response's audio covers that time.
  *
  * Timestamps: sample-accurate from the start of each response: PTS = anchor + samples / 22050,
  * offset = running sample count. The anchor is the PTS of the response's first token buffer
- * (or the end of the previous audio when that is later or the PTS is missing); in a live
- * pipeline it is moved forward to the running time at which the response's first audio is
- * ready, so the audio is never late by construction.
+ * (or the end of the previous audio when that is later or the PTS is missing).
  *
  * ## Latency and live behaviour
  * The first audio of a response comes out when block-sizes[0] + 1 tokens have arrived (the
- * block plus the one-token lag) and the first block has been decoded. The latency query adds
- * `(block-sizes[0] + 1) x 80 ms + compute` to upstream's, where compute is the measured time
- * of the last first-block decode (0 until one was measured; a latency message is posted when
- * it is first measured or grows). Default: 26 x 80 ms = 2.08 s + compute. Later blocks are
- * longer than the audio they wait for, so a real-time source never waits longer than that.
+ * block plus the one-token lag) and the first block has been decoded:
+ *
+ *   latency = (block-sizes[0] + 1) x 80 ms + first-block compute
+ *
+ * (default 26 x 80 ms = 2.08 s + compute; compute is the largest measured first-block decode
+ * time, 0 until one was measured; a LATENCY message is posted when it grows) or, when set,
+ * #GstGlmVoiceDecode:latency (a warning is posted once when the measured need exceeds it).
+ * The LATENCY query adds it to upstream's when upstream is live; otherwise the answer is
+ * upstream's (not live). Later blocks are longer than the audio they wait for, so a
+ * real-time source never waits longer than that. In a live pipeline a response keeps the
+ * timeline of its tokens: the sink renders it at token time + pipeline latency. Only audio
+ * that would be late (its running time + the pipeline latency, from the LATENCY event, already
+ * past) is moved forward, to the earliest time it can still be rendered.
  *
  * ## Example launch line
  * |[
@@ -49,29 +73,38 @@
 
 #include <gst/audio/audio.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "glmvoice_caps.h"
 #include "glmvoice_element_util.h"
 #include "glmvoice_events.h"
-#include "glmvoice_model_cache.h"
+#include "glmvoice_latency.h"
+#include "glmvoice_model_props.h"
+#include "io/error.h"
 #include "voice/decoder_model.h"
 
 GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_decode_debug);
 #define GST_CAT_DEFAULT gst_glm_voice_decode_debug
 
-#define DEFAULT_MODEL_PATH ""
-#define DEFAULT_DEVICE ""
-#define DEFAULT_DTYPE "float32"
 #define DEFAULT_BLOCK_SIZES "25,50,100,150,200" /* web_demo.py block_size_list */
 #define DEFAULT_SEED 42                         /* ConditionalCFM torch.manual_seed(42) */
 #define DEFAULT_N_TIMESTEPS 10                  /* flow.py n_timesteps=10 */
 #define DEFAULT_CFG_RATE -1.0                   /* < 0: inference_cfg_rate from config.yaml */
+#define DEFAULT_FLUSH_ON_INTERRUPT TRUE
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-decoder"
+/* Tokens the sink pad queues for the decoding task before it blocks upstream (80 s of speech:
+ * far more than a block, so the LLM never waits for a block to be synthesized). */
+#define MAX_QUEUED_TOKENS 1000
+/* Audio moved forward because it would be late starts this much after the earliest time it
+ * could still be rendered (the push to the sink takes a moment too). */
+#define LIVE_MARGIN (20 * GST_MSECOND)
 
 enum {
   PROP_0,
@@ -82,6 +115,8 @@ enum {
   PROP_SEED,
   PROP_N_TIMESTEPS,
   PROP_CFG_RATE,
+  PROP_LATENCY,
+  PROP_FLUSH_ON_INTERRUPT,
 };
 
 #define SRC_CAPS "audio/x-raw, format=(string)F32LE, rate=(int)[1, MAX], channels=(int)1, layout=(string)interleaved"
@@ -91,25 +126,52 @@ static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE(
 static GstStaticPadTemplate src_template =
     GST_STATIC_PAD_TEMPLATE("src", GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS(SRC_CAPS));
 
+namespace {
+
+// One entry of the queue between the sink pad and the decoding task: tokens or an event.
+struct QueueItem {
+  std::vector<int32_t> ids;
+  GstClockTime pts = GST_CLOCK_TIME_NONE;
+  GstEvent* event = nullptr;  // owned; nullptr for tokens
+};
+
+}  // namespace
+
 struct GstGlmVoiceDecodeImpl {
   // Settings: protected by the object lock; model ones copied at NULL->READY, stream ones
   // each time a State is made (READY->PAUSED, after every response, after a flush).
-  std::string model_path = DEFAULT_MODEL_PATH;
-  std::string device = DEFAULT_DEVICE;
-  std::string dtype = DEFAULT_DTYPE;
+  glmvoice::gst::ModelProperties model_props{PROP_MODEL_PATH, MODEL_SUBDIR};
+  glmvoice::gst::LatencyBudget latency{PROP_LATENCY};
   std::vector<int64_t> block_sizes = glmvoice::voice::parse_block_sizes(DEFAULT_BLOCK_SIZES);
+  std::string block_sizes_error;  // a bad block-sizes value: the next State fails with it
   guint64 seed = DEFAULT_SEED;
   gint n_timesteps = DEFAULT_N_TIMESTEPS;
   gdouble cfg_rate = DEFAULT_CFG_RATE;
+  gboolean flush_on_interrupt = DEFAULT_FLUSH_ON_INTERRUPT;
+  GstClockTime pipeline_latency = GST_CLOCK_TIME_NONE;  // from the LATENCY event (object lock)
 
   // Set at NULL->READY, dropped at READY->NULL (object lock for readers outside streaming).
   std::shared_ptr<const glmvoice::voice::DecoderModel> model;
-  GstClockTime compute_latency = 0;  // measured first-block decode time (object lock)
 
-  // Streaming state: protected by the sink pad's stream lock.
+  // The queue between the sink pad and the task: protected by `lock`.
+  std::mutex lock;
+  std::condition_variable cond;  // queue changed, flushing changed, interrupt flush done
+  std::deque<QueueItem> queue;
+  size_t queued_tokens = 0;
+  bool flushing = true;                       // FLUSH_START or src pad inactive
+  GstFlowReturn srcresult = GST_FLOW_FLUSHING;  // why the task stopped
+  bool abandon_response = false;              // drop the audio of the response being decoded
+  bool interrupt_flushing = false;            // a barge-in flush of downstream is under way
+  guint64 interrupt_flushes = 0;              // how many were started
+  bool resend_segment = false;                // after one: the task pushes the segment again
+
+  // Sink pad side: protected by the sink pad's stream lock.
+  bool have_caps = false;
+  gint64 vocab_size = 0;
+
+  // Task side: only the src pad's task touches these (and state changes while it is stopped).
   std::unique_ptr<glmvoice::voice::DecoderState> state;
   GstSegment segment;
-  bool have_caps = false;
   gint rate = 22050;
   bool live = false;
   bool live_known = false;
@@ -117,7 +179,7 @@ struct GstGlmVoiceDecodeImpl {
   GstClockTime token_anchor = GST_CLOCK_TIME_NONE;     // PTS of the response's first tokens
   GstClockTime anchor = GST_CLOCK_TIME_NONE;           // PTS of the response's first sample
   guint64 response_samples = 0;
-  GstClockTime next_pts = GST_CLOCK_TIME_NONE;         // end of the last pushed audio
+  GstClockTime next_pts = GST_CLOCK_TIME_NONE;         // end of the last pushed audio (or GAP)
   guint64 sample_offset = 0;
   bool discont = true;
 
@@ -127,7 +189,26 @@ struct GstGlmVoiceDecodeImpl {
     anchor = GST_CLOCK_TIME_NONE;
     response_samples = 0;
   }
+  void reset_timeline() {
+    next_pts = GST_CLOCK_TIME_NONE;
+    sample_offset = 0;
+    discont = true;
+    live_known = false;
+  }
+  // Drops every queued item (lock held).
+  void clear_queue() {
+    for (QueueItem& item : queue) {
+      if (item.event) gst_event_unref(item.event);
+    }
+    queue.clear();
+    queued_tokens = 0;
+  }
 };
+
+// What a response waits for before its first audio: the first block plus the one-token lag.
+static GstClockTime first_block_delay(const std::vector<int64_t>& block_sizes) {
+  return static_cast<GstClockTime>(block_sizes.front() + 1) * GST_GLM_VOICE_TOKEN_DURATION;
+}
 
 #define gst_glm_voice_decode_parent_class parent_class
 G_DEFINE_TYPE(GstGlmVoiceDecode, gst_glm_voice_decode, GST_TYPE_ELEMENT);
@@ -141,9 +222,12 @@ static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GV
 static GstStateChangeReturn gst_glm_voice_decode_change_state(GstElement* element, GstStateChange transition);
 static gboolean gst_glm_voice_decode_sink_event(GstPad* pad, GstObject* parent, GstEvent* event);
 static gboolean gst_glm_voice_decode_sink_query(GstPad* pad, GstObject* parent, GstQuery* query);
+static gboolean gst_glm_voice_decode_src_event(GstPad* pad, GstObject* parent, GstEvent* event);
 static gboolean gst_glm_voice_decode_src_query(GstPad* pad, GstObject* parent, GstQuery* query);
+static gboolean gst_glm_voice_decode_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
+                                                       gboolean active);
 static GstFlowReturn gst_glm_voice_decode_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer);
-
+static void gst_glm_voice_decode_loop(GstGlmVoiceDecode* self);
 static void gst_glm_voice_decode_class_init(GstGlmVoiceDecodeClass* klass) {
   GObjectClass* gobject_class = G_OBJECT_CLASS(klass);
   GstElementClass* element_class = GST_ELEMENT_CLASS(klass);
@@ -154,40 +238,26 @@ static void gst_glm_voice_decode_class_init(GstGlmVoiceDecodeClass* klass) {
   gobject_class->set_property = gst_glm_voice_decode_set_property;
   gobject_class->get_property = gst_glm_voice_decode_get_property;
 
-  const GParamFlags ready_only =
-      (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY);
   const GParamFlags per_response =
       (GParamFlags)(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING);
   /**
    * GstGlmVoiceDecode:model-path:
    * Decoder directory (config.yaml, flow.pt, hift.pt). Empty: $GLMVOICE_MODEL_DIR/glm-4-voice-decoder.
-   */
-  g_object_class_install_property(
-      gobject_class, PROP_MODEL_PATH,
-      g_param_spec_string("model-path", "Model path",
-                          "Decoder model directory (empty: $GLMVOICE_MODEL_DIR/" MODEL_SUBDIR ")",
-                          DEFAULT_MODEL_PATH, ready_only));
-  /**
+   *
    * GstGlmVoiceDecode:device:
    * "cpu", "cuda" or "cuda:N"; empty = CUDA when available. Reads back the device in use.
-   */
-  g_object_class_install_property(
-      gobject_class, PROP_DEVICE,
-      g_param_spec_string("device", "Device", "cpu, cuda, cuda:N (empty: CUDA when available)",
-                          DEFAULT_DEVICE, ready_only));
-  /**
+   *
    * GstGlmVoiceDecode:dtype:
    * Flow compute dtype: float32 (reference parity), bfloat16 or float16. The HiFT vocoder
    * always runs in float32 (its phase accumulation is ill-conditioned, spec P16).
    */
-  g_object_class_install_property(
-      gobject_class, PROP_DTYPE,
-      g_param_spec_string("dtype", "Dtype", "float32, bfloat16 or float16 (flow only)", DEFAULT_DTYPE,
-                          ready_only));
+  glmvoice::gst::ModelProperties::install(gobject_class, PROP_MODEL_PATH, MODEL_SUBDIR,
+                                          "config.yaml, flow.pt, hift.pt");
   /**
    * GstGlmVoiceDecode:block-sizes:
    * Comma-separated block schedule in tokens; the last entry repeats. Applies from the next
-   * response.
+   * response (can be changed while PLAYING). A bad value is an error: the next response (or
+   * READY->PAUSED) fails with RESOURCE/SETTINGS naming it.
    */
   g_object_class_install_property(
       gobject_class, PROP_BLOCK_SIZES,
@@ -219,6 +289,24 @@ static void gst_glm_voice_decode_class_init(GstGlmVoiceDecodeClass* klass) {
       gobject_class, PROP_CFG_RATE,
       g_param_spec_double("cfg-rate", "CFG rate", "Classifier-free guidance weight (< 0: from config)", -1.0,
                           100.0, DEFAULT_CFG_RATE, per_response));
+  /**
+   * GstGlmVoiceDecode:latency:
+   * Latency budget in nanoseconds; 0 = automatic: (block-sizes[0] + 1) x 80 ms + the
+   * largest measured first-block decode time.
+   */
+  glmvoice::gst::LatencyBudget::install(
+      gobject_class, PROP_LATENCY,
+      "Latency budget in ns added in live pipelines (0 = automatic: first block + 1 token + measured compute)");
+  /**
+   * GstGlmVoiceDecode:flush-on-interrupt:
+   * On an end-of-response with reason "interrupted" (barge-in), also flush the audio already
+   * downstream so that the speaker stops at once. Can be changed while PLAYING.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_FLUSH_ON_INTERRUPT,
+      g_param_spec_boolean("flush-on-interrupt", "Flush on interrupt",
+                           "Flush the audio already downstream when a response is interrupted (barge-in)",
+                           DEFAULT_FLUSH_ON_INTERRUPT, per_response));
 
   gst_element_class_add_static_pad_template(element_class, &sink_template);
   gst_element_class_add_static_pad_template(element_class, &src_template);
@@ -230,6 +318,7 @@ static void gst_glm_voice_decode_class_init(GstGlmVoiceDecodeClass* klass) {
 
 static void gst_glm_voice_decode_init(GstGlmVoiceDecode* self) {
   self->impl = new GstGlmVoiceDecodeImpl();
+  self->impl->latency.set_inherent(GST_ELEMENT(self), first_block_delay(self->impl->block_sizes));
   gst_segment_init(&self->impl->segment, GST_FORMAT_TIME);
 
   self->sinkpad = gst_pad_new_from_static_template(&sink_template, "sink");
@@ -240,12 +329,15 @@ static void gst_glm_voice_decode_init(GstGlmVoiceDecode* self) {
 
   self->srcpad = gst_pad_new_from_static_template(&src_template, "src");
   gst_pad_set_query_function(self->srcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_decode_src_query));
+  gst_pad_set_event_function(self->srcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_decode_src_event));
+  gst_pad_set_activatemode_function(self->srcpad, GST_DEBUG_FUNCPTR(gst_glm_voice_decode_src_activate_mode));
   gst_pad_use_fixed_caps(self->srcpad);
   gst_element_add_pad(GST_ELEMENT(self), self->srcpad);
 }
 
 static void gst_glm_voice_decode_finalize(GObject* object) {
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(object);
+  self->impl->clear_queue();
   delete self->impl;
   self->impl = nullptr;
   G_OBJECT_CLASS(parent_class)->finalize(object);
@@ -255,30 +347,19 @@ static void gst_glm_voice_decode_set_property(GObject* object, guint prop_id, co
                                               GParamSpec* pspec) {
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(object);
   GstGlmVoiceDecodeImpl* impl = self->impl;
-  std::string bad_blocks;
+  if (impl->model_props.set_property(object, prop_id, value)) return;
+  if (impl->latency.set_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH: {
-      const gchar* s = g_value_get_string(value);
-      impl->model_path = s ? s : "";
-      break;
-    }
-    case PROP_DEVICE: {
-      const gchar* s = g_value_get_string(value);
-      impl->device = s ? s : "";
-      break;
-    }
-    case PROP_DTYPE: {
-      const gchar* s = g_value_get_string(value);
-      impl->dtype = s ? s : DEFAULT_DTYPE;
-      break;
-    }
     case PROP_BLOCK_SIZES: {
       const gchar* s = g_value_get_string(value);
       try {
         impl->block_sizes = glmvoice::voice::parse_block_sizes(s ? s : DEFAULT_BLOCK_SIZES);
-      } catch (const std::exception& e) {
-        bad_blocks = e.what();
+        impl->block_sizes_error.clear();
+      } catch (const glmvoice::Error& e) {
+        // An error, not a fallback: the next State (READY->PAUSED or the next response)
+        // fails with RESOURCE/SETTINGS naming the value.
+        impl->block_sizes_error = e.reason();
       }
       break;
     }
@@ -291,30 +372,31 @@ static void gst_glm_voice_decode_set_property(GObject* object, guint prop_id, co
     case PROP_CFG_RATE:
       impl->cfg_rate = g_value_get_double(value);
       break;
+    case PROP_FLUSH_ON_INTERRUPT:
+      impl->flush_on_interrupt = g_value_get_boolean(value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
   }
+  const GstClockTime first_block = first_block_delay(impl->block_sizes);
+  const std::string bad_blocks = impl->block_sizes_error;
   GST_OBJECT_UNLOCK(self);
-  if (!bad_blocks.empty()) GST_WARNING_OBJECT(self, "block-sizes ignored: %s", bad_blocks.c_str());
+  if (prop_id == PROP_BLOCK_SIZES) {
+    if (!bad_blocks.empty()) g_warning("%s: block-sizes: %s", GST_OBJECT_NAME(self), bad_blocks.c_str());
+    impl->latency.set_inherent(GST_ELEMENT(self), first_block);
+    gst_element_post_message(GST_ELEMENT(self), gst_message_new_latency(GST_OBJECT(self)));
+  }
 }
 
 static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GValue* value,
                                               GParamSpec* pspec) {
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(object);
   GstGlmVoiceDecodeImpl* impl = self->impl;
+  if (impl->model_props.get_property(object, prop_id, value)) return;
+  if (impl->latency.get_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH:
-      g_value_set_string(value, impl->model_path.c_str());
-      break;
-    case PROP_DEVICE:
-      g_value_set_string(value, impl->model && impl->device.empty() ? impl->model->options().device.str().c_str()
-                                                                    : impl->device.c_str());
-      break;
-    case PROP_DTYPE:
-      g_value_set_string(value, impl->dtype.c_str());
-      break;
     case PROP_BLOCK_SIZES:
       g_value_set_string(value, glmvoice::voice::format_block_sizes(impl->block_sizes).c_str());
       break;
@@ -328,6 +410,9 @@ static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GV
       g_value_set_double(value, impl->cfg_rate < 0 && impl->model ? impl->model->config().flow.inference_cfg_rate
                                                                   : impl->cfg_rate);
       break;
+    case PROP_FLUSH_ON_INTERRUPT:
+      g_value_set_boolean(value, impl->flush_on_interrupt);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -337,11 +422,8 @@ static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GV
 
 static gboolean load_model(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
-  GST_OBJECT_LOCK(self);
-  const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
-  GST_OBJECT_UNLOCK(self);
-  auto model = glmvoice::gst::load_shared_model<glmvoice::voice::DecoderModel>(
-      GST_ELEMENT(self), "decoder", "speech decoder", path, MODEL_SUBDIR, device, dtype);
+  auto model =
+      impl->model_props.load<glmvoice::voice::DecoderModel>(GST_ELEMENT(self), "decoder", "speech decoder");
   if (!model) return FALSE;
   GST_OBJECT_LOCK(self);
   impl->model = model;
@@ -353,11 +435,19 @@ static gboolean load_model(GstGlmVoiceDecode* self) {
   return TRUE;
 }
 
-// A fresh State with the current stream settings (stream lock held, or not streaming).
+/* ---- the lib calls: one State per response ------------------------------------------------ */
+
+// A fresh State with the current stream settings (task stopped, or on the task). Throws
+// glmvoice::Error for a bad block-sizes value.
 static void make_state(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
   glmvoice::voice::StreamOptions so;
   GST_OBJECT_LOCK(self);
+  if (!impl->block_sizes_error.empty()) {
+    const std::string error = impl->block_sizes_error;
+    GST_OBJECT_UNLOCK(self);
+    throw glmvoice::Error(glmvoice::ErrorCode::kBadConfig, "", "block-sizes", error);
+  }
   so.block_sizes = impl->block_sizes;
   so.seed = impl->seed;
   so.n_timesteps = impl->n_timesteps;
@@ -366,6 +456,29 @@ static void make_state(GstGlmVoiceDecode* self) {
   GST_OBJECT_UNLOCK(self);
   impl->state = std::make_unique<glmvoice::voice::DecoderState>(model, so);
   impl->reset_response();
+}
+
+// Decodes `ids` of the current response: f32 [samples] (possibly empty). Measures the first
+// block's compute for the latency estimate.
+static at::Tensor decode_tokens(GstGlmVoiceDecode* self, const std::vector<int32_t>& ids) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  const bool first_block = impl->response_samples == 0;
+  const gint64 t0 = g_get_monotonic_time();
+  at::Tensor audio = impl->state->push(ids);
+  if (first_block && audio.numel() > 0) {
+    const GstClockTime compute = static_cast<GstClockTime>(g_get_monotonic_time() - t0) * GST_USECOND;
+    GST_DEBUG_OBJECT(self, "first block decoded in %" GST_TIME_FORMAT, GST_TIME_ARGS(compute));
+    impl->latency.record_compute(GST_ELEMENT(self), compute);
+  }
+  return audio;
+}
+
+// The response's final block (or tail flush); the State is then made afresh.
+static at::Tensor finish_tokens(GstGlmVoiceDecode* self) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  at::Tensor audio;
+  if (impl->in_response || !impl->state->idle()) audio = impl->state->finish();
+  return audio;
 }
 
 static GstStateChangeReturn gst_glm_voice_decode_change_state(GstElement* element, GstStateChange transition) {
@@ -384,10 +497,10 @@ static GstStateChangeReturn gst_glm_voice_decode_change_state(GstElement* elemen
       }
       gst_segment_init(&impl->segment, GST_FORMAT_TIME);
       impl->have_caps = false;
-      impl->live_known = false;
-      impl->next_pts = GST_CLOCK_TIME_NONE;
-      impl->sample_offset = 0;
-      impl->discont = true;
+      impl->reset_timeline();
+      GST_OBJECT_LOCK(self);
+      impl->pipeline_latency = GST_CLOCK_TIME_NONE;
+      GST_OBJECT_UNLOCK(self);
       break;
     default:
       break;
@@ -398,12 +511,14 @@ static GstStateChangeReturn gst_glm_voice_decode_change_state(GstElement* elemen
 
   switch (transition) {
     case GST_STATE_CHANGE_PAUSED_TO_READY:
-      impl->state.reset();
+      impl->state.reset();  // the task was stopped when the src pad was deactivated
       break;
     case GST_STATE_CHANGE_READY_TO_NULL:
       GST_OBJECT_LOCK(self);
       impl->model.reset();
       GST_OBJECT_UNLOCK(self);
+      impl->model_props.unload(element);
+      impl->latency.reset_measured(element);
       break;
     default:
       break;
@@ -411,10 +526,12 @@ static GstStateChangeReturn gst_glm_voice_decode_change_state(GstElement* elemen
   return ret;
 }
 
-/* ---- output ------------------------------------------------------------------------------ */
+/* ---- output (task) ------------------------------------------------------------------------ */
 
-// In a live pipeline, the stream time "now" (running time of the clock), else NONE.
-static GstClockTime live_now(GstGlmVoiceDecode* self) {
+// In a live pipeline: the earliest position (in the output segment) that the sink can still
+// render on time, i.e. running time now - pipeline latency; NONE when not live or nothing is
+// late yet.
+static GstClockTime earliest_on_time(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
   if (!impl->live_known) {
     GstQuery* q = gst_query_new_latency();
@@ -431,25 +548,75 @@ static GstClockTime live_now(GstGlmVoiceDecode* self) {
   gst_object_unref(clock);
   const GstClockTime base = gst_element_get_base_time(GST_ELEMENT(self));
   if (now < base) return GST_CLOCK_TIME_NONE;
+  // The latency the sinks add (LATENCY event); before one came: what the query reports.
+  GST_OBJECT_LOCK(self);
+  GstClockTime latency = impl->pipeline_latency;
+  GST_OBJECT_UNLOCK(self);
+  if (!GST_CLOCK_TIME_IS_VALID(latency)) {
+    GstQuery* q = gst_query_new_latency();
+    latency = 0;
+    if (gst_pad_query(self->srcpad, q)) gst_query_parse_latency(q, nullptr, &latency, nullptr);
+    gst_query_unref(q);
+  }
+  const GstClockTime running = now - base;
+  if (running <= latency) return GST_CLOCK_TIME_NONE;
   guint64 position = 0;
-  if (gst_segment_position_from_running_time_full(&impl->segment, GST_FORMAT_TIME, now - base, &position) != 1) {
+  if (gst_segment_position_from_running_time_full(&impl->segment, GST_FORMAT_TIME, running - latency, &position) !=
+      1) {
     return GST_CLOCK_TIME_NONE;
   }
   return position;
 }
 
+// How many barge-in flushes of downstream were started (to tell them from real flushes).
+static guint64 interrupt_flush_count(GstGlmVoiceDecodeImpl* impl) {
+  std::lock_guard<std::mutex> lk(impl->lock);
+  return impl->interrupt_flushes;
+}
+
+// A push from the task failed with FLUSHING: TRUE when a barge-in flush (started on the sink
+// pad's thread after `count` was read) caused it; waits for that flush to end. FALSE for a
+// real flush (FLUSH_START, deactivation).
+static bool waited_for_interrupt_flush(GstGlmVoiceDecodeImpl* impl, guint64 count) {
+  std::unique_lock<std::mutex> lk(impl->lock);
+  if (impl->flushing || (count == impl->interrupt_flushes && !impl->interrupt_flushing)) return false;
+  impl->cond.wait(lk, [impl] { return !impl->interrupt_flushing || impl->flushing; });
+  return !impl->flushing;
+}
+
+// Pushes a serialized event from the task (takes `event`); pushed again after a barge-in
+// flush made it fail, so no caps/segment/end-of-response is lost.
+static gboolean push_event(GstGlmVoiceDecode* self, GstEvent* event) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const guint64 count = interrupt_flush_count(self->impl);
+    if (gst_pad_push_event(self->srcpad, gst_event_ref(event))) {
+      gst_event_unref(event);
+      return TRUE;
+    }
+    if (!waited_for_interrupt_flush(self->impl, count)) break;
+  }
+  gst_event_unref(event);
+  return FALSE;
+}
+
 // Pushes `audio` (f32 [n]) with sample-accurate timestamps from the response start.
 static GstFlowReturn push_audio(GstGlmVoiceDecode* self, const at::Tensor& audio) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
-  const gsize n = static_cast<gsize>(audio.numel());
+  const gsize n = audio.defined() ? static_cast<gsize>(audio.numel()) : 0;
   if (n == 0) return GST_FLOW_OK;
   if (!GST_CLOCK_TIME_IS_VALID(impl->anchor)) {
     GstClockTime a = impl->token_anchor;
     if (!GST_CLOCK_TIME_IS_VALID(a) || (GST_CLOCK_TIME_IS_VALID(impl->next_pts) && a < impl->next_pts)) {
       a = GST_CLOCK_TIME_IS_VALID(impl->next_pts) ? impl->next_pts : impl->segment.start;
     }
-    const GstClockTime now = live_now(self);
-    if (GST_CLOCK_TIME_IS_VALID(now) && now > a) a = now;
+    // Live: the sink renders at running time + pipeline latency, which already covers the
+    // wait for the first block; only audio that would be late moves forward.
+    const GstClockTime earliest = earliest_on_time(self);
+    if (GST_CLOCK_TIME_IS_VALID(earliest) && earliest > a) {
+      GST_DEBUG_OBJECT(self, "response would be %" GST_TIME_FORMAT " late: moved forward",
+                       GST_TIME_ARGS(earliest - a));
+      a = earliest + LIVE_MARGIN;
+    }
     impl->anchor = a;
     GST_DEBUG_OBJECT(self, "response audio starts at %" GST_TIME_FORMAT, GST_TIME_ARGS(a));
   }
@@ -470,60 +637,322 @@ static GstFlowReturn push_audio(GstGlmVoiceDecode* self, const at::Tensor& audio
   impl->sample_offset += n;
   impl->next_pts = end;
   GST_LOG_OBJECT(self, "pushing %" G_GSIZE_FORMAT " samples at %" GST_TIME_FORMAT, n, GST_TIME_ARGS(pts));
-  return gst_pad_push(self->srcpad, buffer);
+  const guint64 count = interrupt_flush_count(impl);
+  const GstFlowReturn ret = gst_pad_push(self->srcpad, buffer);
+  // audio flushed by a barge-in: gone, as intended
+  if (ret == GST_FLOW_FLUSHING && waited_for_interrupt_flush(impl, count)) return GST_FLOW_OK;
+  return ret;
 }
 
-// End of the response: the final block (or tail flush), its audio, then a fresh State.
+// True when a barge-in abandoned the response being decoded (its audio is dropped).
+static bool response_abandoned(GstGlmVoiceDecodeImpl* impl) {
+  std::lock_guard<std::mutex> lk(impl->lock);
+  return impl->abandon_response;
+}
+
+// End of the response: the final block, its audio, then a fresh State.
 static GstFlowReturn finish_response(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
-  if (!impl->state) return GST_FLOW_OK;
-  GstFlowReturn ret = GST_FLOW_OK;
-  if (impl->in_response || !impl->state->idle()) {
-    const at::Tensor audio = impl->state->finish();
-    GST_DEBUG_OBJECT(self, "response finished: %" G_GINT64_FORMAT " final samples", audio.numel());
-    ret = push_audio(self, audio);
-  }
+  const at::Tensor audio = finish_tokens(self);
+  GST_DEBUG_OBJECT(self, "response finished: %" G_GINT64_FORMAT " final samples",
+                   audio.defined() ? audio.numel() : 0);
+  const GstFlowReturn ret = response_abandoned(impl) ? GST_FLOW_OK : push_audio(self, audio);
   make_state(self);  // picks up changed block-sizes / seed / n-timesteps / cfg-rate
   return ret;
 }
 
+// A GAP between responses goes on (never before audio already pushed); inside one it is
+// dropped, the response's audio covers that time.
+static void forward_gap(GstGlmVoiceDecode* self, GstEvent* gap) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  GstClockTime timestamp, duration;
+  gst_event_parse_gap(gap, &timestamp, &duration);
+  if (impl->in_response || !impl->state->idle()) {
+    GST_LOG_OBJECT(self, "gap inside a response dropped");
+    return;
+  }
+  GstClockTime start = timestamp;
+  if (GST_CLOCK_TIME_IS_VALID(impl->next_pts) && impl->next_pts > start) start = impl->next_pts;
+  GstClockTime length = duration;
+  if (GST_CLOCK_TIME_IS_VALID(duration)) {
+    if (timestamp + duration <= start) return;
+    length = timestamp + duration - start;
+    impl->next_pts = start + length;
+  }
+  push_event(self, gst_event_new_gap(start, length));
+}
+
+/* ---- the task ----------------------------------------------------------------------------- */
+
+// Handles one serialized event on the task, in order with the tokens (the caller keeps
+// `event`). Returns the flow.
+static GstFlowReturn process_event(GstGlmVoiceDecode* self, GstEvent* event) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  switch (GST_EVENT_TYPE(event)) {
+    case GST_EVENT_SEGMENT: {
+      const GstSegment* segment;
+      gst_event_parse_segment(event, &segment);
+      gst_segment_copy_into(segment, &impl->segment);
+      break;
+    }
+    case GST_EVENT_CAPS: {
+      GstCaps* caps;
+      gst_event_parse_caps(event, &caps);
+      gint rate = 0;
+      if (gst_structure_get_int(gst_caps_get_structure(caps, 0), "rate", &rate)) impl->rate = rate;
+      break;
+    }
+    case GST_EVENT_GAP:
+      forward_gap(self, event);
+      return GST_FLOW_OK;
+    case GST_EVENT_EOS: {
+      const GstFlowReturn ret = finish_response(self);
+      push_event(self, gst_event_ref(event));
+      return ret == GST_FLOW_OK ? GST_FLOW_EOS : ret;
+    }
+    case GST_EVENT_CUSTOM_DOWNSTREAM:
+      if (gst_glm_voice_event_is_end_of_response(event)) {
+        const gchar* reason = nullptr;
+        gst_glm_voice_event_parse_end_of_response(event, &reason);
+        GST_DEBUG_OBJECT(self, "end-of-response (%s)", reason ? reason : "no reason");
+        GstFlowReturn ret = GST_FLOW_OK;
+        if (g_strcmp0(reason, GST_GLM_VOICE_REASON_INTERRUPTED) == 0) {
+          make_state(self);  // nothing of the interrupted response is decoded any more
+          std::lock_guard<std::mutex> lk(impl->lock);
+          impl->abandon_response = false;
+        } else {
+          ret = finish_response(self);
+        }
+        push_event(self, gst_event_ref(event));
+        return ret;
+      }
+      break;
+    default:
+      break;
+  }
+  push_event(self, gst_event_ref(event));
+  return GST_FLOW_OK;
+}
+
+static GstFlowReturn process_tokens(GstGlmVoiceDecode* self, QueueItem& item) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  if (response_abandoned(impl)) return GST_FLOW_OK;  // interrupted before it was decoded
+  if (!impl->in_response) {
+    impl->in_response = true;
+    impl->token_anchor = item.pts;
+  }
+  const at::Tensor audio = decode_tokens(self, item.ids);
+  if (response_abandoned(impl)) {
+    GST_DEBUG_OBJECT(self, "dropping the audio of an interrupted response");
+    return GST_FLOW_OK;
+  }
+  return push_audio(self, audio);
+}
+
+static void gst_glm_voice_decode_loop(GstGlmVoiceDecode* self) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  QueueItem item;
+  bool resend_segment = false;
+  {
+    std::unique_lock<std::mutex> lk(impl->lock);
+    impl->cond.wait(lk, [impl] { return impl->flushing || !impl->queue.empty(); });
+    if (impl->flushing) {
+      lk.unlock();
+      GST_DEBUG_OBJECT(self, "pausing the task: flushing");
+      gst_pad_pause_task(self->srcpad);
+      return;
+    }
+    item = std::move(impl->queue.front());
+    impl->queue.pop_front();
+    impl->queued_tokens -= item.ids.size();
+    resend_segment = impl->resend_segment;
+    impl->resend_segment = false;
+    impl->cond.notify_all();  // room in the queue
+  }
+  if (resend_segment) {
+    // a barge-in flush went downstream: the sink needs the segment again before data
+    push_event(self, gst_event_new_segment(&impl->segment));
+  }
+
+  GstFlowReturn ret;
+  try {
+    ret = item.event ? process_event(self, item.event) : process_tokens(self, item);
+  } catch (...) {
+    glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
+    ret = GST_FLOW_ERROR;
+    gst_pad_push_event(self->srcpad, gst_event_new_eos());
+  }
+  if (item.event) gst_event_unref(item.event);
+  if (ret == GST_FLOW_OK) return;
+
+  {
+    std::lock_guard<std::mutex> lk(impl->lock);
+    if (!impl->flushing) impl->srcresult = ret;
+    impl->cond.notify_all();
+  }
+  GST_DEBUG_OBJECT(self, "pausing the task: %s", gst_flow_get_name(ret));
+  gst_pad_pause_task(self->srcpad);
+  if (ret == GST_FLOW_NOT_LINKED || ret < GST_FLOW_EOS) {
+    if (ret != GST_FLOW_ERROR) {  // an ERROR from the decoder was posted above
+      GST_ELEMENT_FLOW_ERROR(self, ret);
+      gst_pad_push_event(self->srcpad, gst_event_new_eos());
+    }
+  }
+}
+
+static gboolean gst_glm_voice_decode_src_activate_mode(GstPad* pad, GstObject* parent, GstPadMode mode,
+                                                       gboolean active) {
+  GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(parent);
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  if (mode != GST_PAD_MODE_PUSH) return FALSE;
+  if (active) {
+    std::lock_guard<std::mutex> lk(impl->lock);
+    impl->flushing = false;
+    impl->srcresult = GST_FLOW_OK;
+    impl->abandon_response = false;
+    return gst_pad_start_task(pad, (GstTaskFunction)gst_glm_voice_decode_loop, self, nullptr);
+  }
+  {
+    std::lock_guard<std::mutex> lk(impl->lock);
+    impl->flushing = true;
+    impl->srcresult = GST_FLOW_FLUSHING;
+    impl->clear_queue();
+    impl->cond.notify_all();
+  }
+  return gst_pad_stop_task(pad);  // waits for the block in progress
+}
+
 /* ---- events and queries ------------------------------------------------------------------ */
+
+// Queues a serialized event for the task; FALSE (event dropped) while flushing.
+static gboolean queue_event(GstGlmVoiceDecode* self, GstEvent* event) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  std::lock_guard<std::mutex> lk(impl->lock);
+  if (impl->flushing) {
+    gst_event_unref(event);
+    return FALSE;
+  }
+  QueueItem item;
+  item.event = event;
+  impl->queue.push_back(std::move(item));
+  impl->cond.notify_all();
+  return TRUE;
+}
+
+// Barge-in: the response now decoding (or queued) was interrupted. Its queued tokens go, the
+// block in progress is dropped when done, and (flush-on-interrupt) downstream is flushed.
+static void interrupt_response(GstGlmVoiceDecode* self) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  GST_OBJECT_LOCK(self);
+  const bool flush = impl->flush_on_interrupt;
+  GST_OBJECT_UNLOCK(self);
+  {
+    std::lock_guard<std::mutex> lk(impl->lock);
+    if (impl->flushing) return;
+    // The interrupted response's tokens are those after the last queued end-of-response.
+    size_t kept = impl->queue.size();
+    while (kept > 0 && !gst_glm_voice_event_is_end_of_response(impl->queue[kept - 1].event)) --kept;
+    size_t dropped = 0;
+    for (size_t i = impl->queue.size(); i > kept; --i) {
+      QueueItem& item = impl->queue[i - 1];
+      if (item.event) continue;
+      dropped += item.ids.size();
+      impl->queued_tokens -= item.ids.size();
+      impl->queue.erase(impl->queue.begin() + static_cast<std::ptrdiff_t>(i - 1));
+    }
+    if (kept == 0) impl->abandon_response = true;  // the task is decoding it now
+    GST_DEBUG_OBJECT(self, "interrupted: %zu queued tokens dropped", dropped);
+    if (flush) {
+      impl->interrupt_flushing = true;
+      ++impl->interrupt_flushes;
+    }
+    impl->cond.notify_all();
+  }
+  if (!flush) return;
+  GST_DEBUG_OBJECT(self, "interrupted: flushing the audio downstream");
+  gst_pad_push_event(self->srcpad, gst_event_new_flush_start());
+  gst_pad_push_event(self->srcpad, gst_event_new_flush_stop(FALSE));
+  std::lock_guard<std::mutex> lk(impl->lock);
+  impl->interrupt_flushing = false;
+  impl->resend_segment = true;
+  impl->cond.notify_all();
+}
+
+static gboolean handle_caps(GstGlmVoiceDecode* self, GstEvent* event) {
+  GstGlmVoiceDecodeImpl* impl = self->impl;
+  GstCaps* caps;
+  gst_event_parse_caps(event, &caps);
+  gint codebook = 0;
+  const gboolean ok = gst_glm_voice_tokens_caps_parse(caps, &codebook);
+  GST_OBJECT_LOCK(self);
+  auto model = impl->model;
+  GST_OBJECT_UNLOCK(self);
+  if (!model) {
+    gst_event_unref(event);
+    return FALSE;
+  }
+  const gint64 vocab = model->vocab_size();
+  if (!ok || codebook > vocab) {
+    GST_ELEMENT_ERROR(self, CORE, NEGOTIATION, ("Speech token caps do not match the speech decoder"),
+                      ("got %" GST_PTR_FORMAT "; the decoder's vocab_size is %" G_GINT64_FORMAT, caps, vocab));
+    gst_event_unref(event);
+    return FALSE;
+  }
+  if (codebook != vocab) {
+    GST_WARNING_OBJECT(self, "codebook-size %d smaller than the decoder vocab_size %" G_GINT64_FORMAT, codebook,
+                       vocab);
+  }
+  gst_event_unref(event);
+  GstCaps* src = gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "F32LE", "rate", G_TYPE_INT,
+                                     static_cast<gint>(model->sample_rate()), "channels", G_TYPE_INT, 1, "layout",
+                                     G_TYPE_STRING, "interleaved", nullptr);
+  impl->vocab_size = vocab;
+  impl->have_caps = queue_event(self, gst_event_new_caps(src));
+  gst_caps_unref(src);
+  return impl->have_caps;
+}
 
 static gboolean gst_glm_voice_decode_sink_event(GstPad* pad, GstObject* parent, GstEvent* event) {
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(parent);
   GstGlmVoiceDecodeImpl* impl = self->impl;
   GST_LOG_OBJECT(self, "sink event %" GST_PTR_FORMAT, event);
   switch (GST_EVENT_TYPE(event)) {
-    case GST_EVENT_CAPS: {
-      GstCaps* caps;
-      gst_event_parse_caps(event, &caps);
-      gint codebook = 0;
-      const gboolean ok = gst_glm_voice_tokens_caps_parse(caps, &codebook);
-      if (!impl->model) {
-        gst_event_unref(event);
-        return FALSE;
+    case GST_EVENT_FLUSH_START: {
+      gst_pad_push_event(self->srcpad, event);  // unblocks a push of the task
+      {
+        std::lock_guard<std::mutex> lk(impl->lock);
+        impl->flushing = true;
+        impl->srcresult = GST_FLOW_FLUSHING;
+        impl->cond.notify_all();
       }
-      const gint64 vocab = impl->model->vocab_size();
-      if (!ok || codebook > vocab) {
-        GST_ELEMENT_ERROR(self, CORE, NEGOTIATION, ("Speech token caps do not match the speech decoder"),
-                          ("got %" GST_PTR_FORMAT "; the decoder's vocab_size is %" G_GINT64_FORMAT, caps, vocab));
-        gst_event_unref(event);
-        return FALSE;
-      }
-      if (codebook != vocab) {
-        GST_WARNING_OBJECT(self, "codebook-size %d smaller than the decoder vocab_size %" G_GINT64_FORMAT, codebook,
-                           vocab);
-      }
-      gst_event_unref(event);
-      impl->rate = static_cast<gint>(impl->model->sample_rate());
-      GstCaps* src = gst_caps_new_simple("audio/x-raw", "format", G_TYPE_STRING, "F32LE", "rate", G_TYPE_INT,
-                                         impl->rate, "channels", G_TYPE_INT, 1, "layout", G_TYPE_STRING,
-                                         "interleaved", nullptr);
-      const gboolean set = gst_pad_set_caps(self->srcpad, src);
-      gst_caps_unref(src);
-      impl->have_caps = set;
-      return set;
+      gst_pad_pause_task(self->srcpad);  // returns once the block in progress is done
+      return TRUE;
     }
+    case GST_EVENT_FLUSH_STOP: {
+      const gboolean ret = gst_pad_push_event(self->srcpad, event);
+      // The task is paused: its state may be touched here.
+      try {
+        make_state(self);
+      } catch (...) {
+        glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
+      }
+      impl->reset_timeline();
+      std::lock_guard<std::mutex> lk(impl->lock);
+      impl->clear_queue();
+      impl->abandon_response = false;
+      // Restart only on an active pad: a PAUSED->READY may have deactivated it meanwhile
+      // (cf. gstqueue.c), and a task started then would never be stopped.
+      if (gst_pad_is_active(self->srcpad)) {
+        impl->flushing = false;
+        impl->srcresult = GST_FLOW_OK;
+        gst_pad_start_task(self->srcpad, (GstTaskFunction)gst_glm_voice_decode_loop, self, nullptr);
+      } else {
+        GST_DEBUG_OBJECT(self, "not restarting the task: src pad inactive");
+      }
+      return ret;
+    }
+    case GST_EVENT_CAPS:
+      return handle_caps(self, event);
     case GST_EVENT_SEGMENT: {
       const GstSegment* segment;
       gst_event_parse_segment(event, &segment);
@@ -531,8 +960,9 @@ static gboolean gst_glm_voice_decode_sink_event(GstPad* pad, GstObject* parent, 
         // A token stream read back from a file (filesrc): its audio starts at time 0.
         GST_DEBUG_OBJECT(self, "BYTES segment upstream: the audio gets a TIME segment from 0");
         gst_event_unref(event);
-        gst_segment_init(&impl->segment, GST_FORMAT_TIME);
-        return gst_pad_push_event(self->srcpad, gst_event_new_segment(&impl->segment));
+        GstSegment time;
+        gst_segment_init(&time, GST_FORMAT_TIME);
+        return queue_event(self, gst_event_new_segment(&time));
       }
       if (segment->format != GST_FORMAT_TIME) {
         GST_ELEMENT_ERROR(self, STREAM, FORMAT, ("glmvoicedecode needs a TIME (or BYTES) segment"),
@@ -540,39 +970,18 @@ static gboolean gst_glm_voice_decode_sink_event(GstPad* pad, GstObject* parent, 
         gst_event_unref(event);
         return FALSE;
       }
-      gst_segment_copy_into(segment, &impl->segment);
-      return gst_pad_event_default(pad, parent, event);
+      return queue_event(self, event);
     }
-    case GST_EVENT_EOS: {
-      try {
-        finish_response(self);
-      } catch (...) {
-        glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
+    case GST_EVENT_CUSTOM_DOWNSTREAM: {
+      const gchar* reason = nullptr;
+      if (gst_glm_voice_event_parse_end_of_response(event, &reason) &&
+          g_strcmp0(reason, GST_GLM_VOICE_REASON_INTERRUPTED) == 0) {
+        interrupt_response(self);
       }
-      return gst_pad_event_default(pad, parent, event);
+      return queue_event(self, event);
     }
-    case GST_EVENT_FLUSH_STOP:
-      try {
-        make_state(self);
-      } catch (...) {
-        glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
-      }
-      impl->next_pts = GST_CLOCK_TIME_NONE;
-      impl->discont = true;
-      return gst_pad_event_default(pad, parent, event);
-    case GST_EVENT_CUSTOM_DOWNSTREAM:
-      if (gst_glm_voice_event_is_end_of_response(event)) {
-        const gchar* reason = nullptr;
-        gst_glm_voice_event_parse_end_of_response(event, &reason);
-        GST_DEBUG_OBJECT(self, "end-of-response (%s)", reason ? reason : "no reason");
-        try {
-          finish_response(self);
-        } catch (...) {
-          glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
-        }
-      }
-      return gst_pad_event_default(pad, parent, event);
     default:
+      if (GST_EVENT_IS_SERIALIZED(event)) return queue_event(self, event);
       return gst_pad_event_default(pad, parent, event);
   }
 }
@@ -603,45 +1012,46 @@ static gboolean gst_glm_voice_decode_sink_query(GstPad* pad, GstObject* parent, 
   return gst_pad_query_default(pad, parent, query);
 }
 
+static gboolean gst_glm_voice_decode_src_event(GstPad* pad, GstObject* parent, GstEvent* event) {
+  GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(parent);
+  if (GST_EVENT_TYPE(event) == GST_EVENT_LATENCY) {
+    // What the sinks add to every running time: the live re-stamp needs it.
+    GstClockTime latency = 0;
+    gst_event_parse_latency(event, &latency);
+    GST_DEBUG_OBJECT(self, "pipeline latency %" GST_TIME_FORMAT, GST_TIME_ARGS(latency));
+    GST_OBJECT_LOCK(self);
+    self->impl->pipeline_latency = latency;
+    GST_OBJECT_UNLOCK(self);
+  }
+  return gst_pad_event_default(pad, parent, event);
+}
+
 static gboolean gst_glm_voice_decode_src_query(GstPad* pad, GstObject* parent, GstQuery* query) {
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(parent);
   if (GST_QUERY_TYPE(query) == GST_QUERY_LATENCY) {
-    if (!gst_pad_peer_query(self->sinkpad, query)) return FALSE;
-    gboolean live;
-    GstClockTime min, max;
-    gst_query_parse_latency(query, &live, &min, &max);
-    GST_OBJECT_LOCK(self);
-    const GstClockTime ours = static_cast<GstClockTime>(self->impl->block_sizes.front() + 1) *
-                                  GST_GLM_VOICE_TOKEN_DURATION +
-                              self->impl->compute_latency;
-    GST_OBJECT_UNLOCK(self);
-    min += ours;
-    if (GST_CLOCK_TIME_IS_VALID(max)) max += ours;
-    GST_DEBUG_OBJECT(self, "latency: live %d, ours %" GST_TIME_FORMAT ", total min %" GST_TIME_FORMAT, live,
-                     GST_TIME_ARGS(ours), GST_TIME_ARGS(min));
-    gst_query_set_latency(query, live, min, max);
-    return TRUE;
+    return self->impl->latency.answer_query(GST_ELEMENT(self), self->sinkpad, query);
   }
   return gst_pad_query_default(pad, parent, query);
 }
 
-/* ---- streaming ----------------------------------------------------------------------------- */
+/* ---- streaming (sink pad) ------------------------------------------------------------------ */
 
 static GstFlowReturn gst_glm_voice_decode_chain(GstPad* pad, GstObject* parent, GstBuffer* buffer) {
   (void)pad;
   GstGlmVoiceDecode* self = GST_GLM_VOICE_DECODE(parent);
   GstGlmVoiceDecodeImpl* impl = self->impl;
-  if (!impl->have_caps || !impl->state) {
+  if (!impl->have_caps) {
     gst_buffer_unref(buffer);
     GST_ELEMENT_ERROR(self, CORE, NEGOTIATION, ("glmvoicedecode needs " GST_GLM_VOICE_TOKENS_MEDIA_TYPE " input"),
                       ("no caps received before the first buffer"));
     return GST_FLOW_NOT_NEGOTIATED;
   }
-  std::vector<int32_t> ids;
-  const glmvoice::gst::TokenRead read = glmvoice::gst::read_tokens(buffer, ids);
+  QueueItem item;
+  const glmvoice::gst::TokenRead read = glmvoice::gst::read_tokens(buffer, item.ids);
+  item.pts = GST_BUFFER_PTS(buffer);
+  const gsize size = gst_buffer_get_size(buffer);
+  gst_buffer_unref(buffer);
   if (read != glmvoice::gst::TokenRead::kOk) {
-    const gsize size = gst_buffer_get_size(buffer);
-    gst_buffer_unref(buffer);
     if (read == glmvoice::gst::TokenRead::kMapFailed) {
       GST_ELEMENT_ERROR(self, STREAM, FAILED, ("could not map an input buffer"), (nullptr));
     } else {
@@ -650,30 +1060,23 @@ static GstFlowReturn gst_glm_voice_decode_chain(GstPad* pad, GstObject* parent, 
     }
     return GST_FLOW_ERROR;
   }
-  if (!impl->in_response && !ids.empty()) {
-    impl->in_response = true;
-    impl->token_anchor = GST_BUFFER_PTS(buffer);
-  }
-  gst_buffer_unref(buffer);
-
-  GstFlowReturn ret = GST_FLOW_OK;
-  try {
-    const bool first_block = impl->response_samples == 0;
-    const gint64 t0 = g_get_monotonic_time();
-    const at::Tensor audio = impl->state->push(ids);
-    if (first_block && audio.numel() > 0) {
-      const GstClockTime compute = static_cast<GstClockTime>(g_get_monotonic_time() - t0) * GST_USECOND;
-      GST_OBJECT_LOCK(self);
-      const bool grew = compute > impl->compute_latency + impl->compute_latency / 5;
-      if (grew) impl->compute_latency = compute;
-      GST_OBJECT_UNLOCK(self);
-      GST_DEBUG_OBJECT(self, "first block decoded in %" GST_TIME_FORMAT, GST_TIME_ARGS(compute));
-      if (grew) gst_element_post_message(GST_ELEMENT(self), gst_message_new_latency(GST_OBJECT(self)));
+  // Checked here, on the caller's thread, so the error points at the input.
+  for (int32_t id : item.ids) {
+    if (id >= impl->vocab_size) {
+      GST_ELEMENT_ERROR(self, STREAM, DECODE, ("Speech token %d is outside the decoder's codebook", id),
+                        ("speech token %d >= vocab_size %" G_GINT64_FORMAT, id, impl->vocab_size));
+      return GST_FLOW_ERROR;
     }
-    ret = push_audio(self, audio);
-  } catch (...) {
-    glmvoice::gst::post_error(GST_ELEMENT(self), "Speech decoder failed", std::current_exception());
-    ret = GST_FLOW_ERROR;
   }
-  return ret;
+  if (item.ids.empty()) return GST_FLOW_OK;
+
+  std::unique_lock<std::mutex> lk(impl->lock);
+  impl->cond.wait(lk, [impl] {
+    return impl->flushing || impl->srcresult != GST_FLOW_OK || impl->queued_tokens < MAX_QUEUED_TOKENS;
+  });
+  if (impl->flushing || impl->srcresult != GST_FLOW_OK) return impl->srcresult;
+  impl->queued_tokens += item.ids.size();
+  impl->queue.push_back(std::move(item));
+  impl->cond.notify_all();
+  return GST_FLOW_OK;
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 #include <string>
 #include <vector>
@@ -97,8 +98,30 @@ struct Harness {
     }
     return GST_FLOW_OK;
   }
-  void end_of_response() { gst_harness_push_event(h, gst_glm_voice_event_new_end_of_response("stop-token")); }
-  void eos() { gst_harness_push_event(h, gst_event_new_eos()); }
+  // The element decodes on its own task: these wait (up to the harness's 60 s) until the
+  // event has come out of it, so all audio before it is in the harness queue.
+  void end_of_response(const char* reason = "stop-token") {
+    gst_harness_push_event(h, gst_glm_voice_event_new_end_of_response(reason));
+    EXPECT_TRUE(wait_for("end-of-response"));
+  }
+  void eos() {
+    gst_harness_push_event(h, gst_event_new_eos());
+    EXPECT_TRUE(wait_for("eos"));
+  }
+  // Pulls events out of the harness until one named `what` (as the Recorder names them).
+  bool wait_for(const std::string& what) {
+    while (GstEvent* e = gst_harness_pull_event(h)) {
+      const bool hit = event_name(e) == what;
+      gst_event_unref(e);
+      if (hit) return true;
+    }
+    return false;
+  }
+  static std::string event_name(GstEvent* e) {
+    if (gst_glm_voice_event_is_end_of_response(e)) return "end-of-response";
+    if (gst_glm_voice_event_is_start_of_speech(e)) return "start-of-speech";
+    return GST_EVENT_TYPE_NAME(e);
+  }
 
   // All audio received so far (buffers pulled); `buffers` gets each one.
   std::vector<float> pull_all(std::vector<GstBuffer*>* buffers = nullptr) {
@@ -237,10 +260,12 @@ TEST(GlmVoiceDecode, test_timestamps_contiguous) {
   gst_caps_unref(caps);
 }
 
-TEST(GlmVoiceDecode, test_live_response_aligned_to_running_time) {
+TEST(GlmVoiceDecode, test_live_response_restamped_only_when_late) {
   // The harness source answers the latency query as live and the element runs on the
-  // harness test clock: a response whose first audio is ready at running time 5 s starts at
-  // 5 s (its tokens said 0 s), so it is never late; samples then follow contiguously.
+  // harness test clock. A response whose tokens say 0 s and whose first audio is ready at
+  // running time 5 s would be late (the sink renders at PTS + latency): it moves forward to
+  // the earliest time it can still be rendered, 5 s - latency (+ 20 ms margin), not to 5 s,
+  // which would make the sink wait the latency a second time. Samples then follow on.
   Harness t;
   GstQuery* q = gst_query_new_latency();
   ASSERT_TRUE(gst_pad_peer_query(t.h->srcpad, q) || gst_pad_query(t.h->srcpad, q));
@@ -248,14 +273,36 @@ TEST(GlmVoiceDecode, test_live_response_aligned_to_running_time) {
   gst_query_parse_latency(q, &live, nullptr, nullptr);
   gst_query_unref(q);
   if (!live) GTEST_SKIP() << "this GstHarness does not report a live source";
+  // the latency a pipeline would configure (the harness itself sends a LATENCY event of 0)
+  const GstClockTime latency = gst_harness_query_latency(t.h);
+  gst_harness_push_upstream_event(t.h, gst_event_new_latency(latency));
   gst_harness_set_time(t.h, 5 * GST_SECOND);
   ASSERT_EQ(t.push_one_by_one(random_ids(30, 10)), GST_FLOW_OK);
   t.end_of_response();
   std::vector<GstBuffer*> buffers;
   t.pull_all(&buffers);
   ASSERT_EQ(buffers.size(), 2u);
-  EXPECT_EQ(GST_BUFFER_PTS(buffers[0]), 5 * GST_SECOND);
+  const GstClockTime pts = GST_BUFFER_PTS(buffers[0]);
+  EXPECT_GE(pts + latency, 5 * GST_SECOND) << "rendered late";
+  EXPECT_LE(pts + latency, 5 * GST_SECOND + 20 * GST_MSECOND + 5 * GST_MSECOND)
+      << "moved further than needed: the sink waits the latency twice";
   EXPECT_EQ(GST_BUFFER_PTS(buffers[1]), GST_BUFFER_PTS(buffers[0]) + GST_BUFFER_DURATION(buffers[0]));
+  for (GstBuffer* b : buffers) gst_buffer_unref(b);
+}
+
+TEST(GlmVoiceDecode, test_live_response_on_time_keeps_its_timestamps) {
+  // Tokens at 3 s, first audio ready at running time 4 s: 3 s + latency (>= 2.08 s) is still
+  // ahead, so the audio keeps the tokens' timeline.
+  Harness t;
+  gst_harness_push_upstream_event(t.h, gst_event_new_latency(gst_harness_query_latency(t.h)));
+  gst_harness_set_time(t.h, 4 * GST_SECOND);
+  t.next_pts = 3 * GST_SECOND;
+  ASSERT_EQ(t.push_one_by_one(random_ids(30, 10)), GST_FLOW_OK);
+  t.end_of_response();
+  std::vector<GstBuffer*> buffers;
+  t.pull_all(&buffers);
+  ASSERT_FALSE(buffers.empty());
+  EXPECT_EQ(GST_BUFFER_PTS(buffers[0]), 3 * GST_SECOND);
   for (GstBuffer* b : buffers) gst_buffer_unref(b);
 }
 
@@ -264,6 +311,9 @@ TEST(GlmVoiceDecode, test_latency_query) {
   // Before any block was decoded: the first block plus the one-token lag, 26 x 80 ms.
   EXPECT_EQ(gst_harness_query_latency(t.h), 26 * kToken);
   ASSERT_EQ(t.push_one_by_one(random_ids(26, 8)), GST_FLOW_OK);
+  GstBuffer* first = gst_harness_pull(t.h);  // the first block is out: its compute was measured
+  ASSERT_NE(first, nullptr);
+  gst_buffer_unref(first);
   EXPECT_GT(gst_harness_query_latency(t.h), 26 * kToken) << "measured compute added";
   Harness small("block-sizes=10,20" + std::string(kFast));
   EXPECT_EQ(gst_harness_query_latency(small.h), 11 * kToken);
@@ -324,16 +374,32 @@ TEST(GlmVoiceDecode, test_pipeline_writes_wav) {
   // the bin's ghost sink pad.
   const std::string wav = glmvoice::test::scratch_dir("decode-wav") + "/out.wav";
   const std::string launch = "glmvoicedecode model-path=\"" + model_dir() + "\" device=cpu" + std::string(kFast) +
-                             " ! audioconvert ! audio/x-raw,format=S16LE ! wavenc ! filesink location=\"" + wav + "\"";
+                             " ! audioconvert ! audio/x-raw,format=S16LE ! wavenc ! filesink name=out location=\"" + wav + "\"";
   const std::vector<int32_t> ids = random_ids(40, 9);
   {
     GstHarness* h = gst_harness_new_parse(launch.c_str());
+    // the decoder works on its own task: wait for EOS at the filesink before tearing down
+    std::promise<void> eos_seen;
+    GstElement* sink = gst_bin_get_by_name(GST_BIN(h->element), "out");
+    ASSERT_NE(sink, nullptr);
+    GstPad* sinkpad = gst_element_get_static_pad(sink, "sink");
+    gst_pad_add_probe(sinkpad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM,
+                      [](GstPad*, GstPadProbeInfo* info, gpointer data) {
+                        if (GST_EVENT_TYPE(GST_PAD_PROBE_INFO_EVENT(info)) == GST_EVENT_EOS) {
+                          static_cast<std::promise<void>*>(data)->set_value();
+                        }
+                        return GST_PAD_PROBE_OK;
+                      },
+                      &eos_seen, nullptr);
+    gst_object_unref(sinkpad);
+    gst_object_unref(sink);
     gst_harness_set_src_caps_str(h, kTokenCaps);
     GstBuffer* b = gst_glm_voice_tokens_buffer_new(ids.data(), ids.size());
     GST_BUFFER_PTS(b) = 0;
     GST_BUFFER_DURATION(b) = ids.size() * kToken;
     EXPECT_EQ(gst_harness_push(h, b), GST_FLOW_OK);
     EXPECT_TRUE(gst_harness_push_event(h, gst_event_new_eos()));
+    EXPECT_EQ(eos_seen.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
     gst_harness_teardown(h);
   }
 
