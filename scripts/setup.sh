@@ -11,7 +11,12 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   libpcre2-dev nlohmann-json3-dev libyaml-cpp-dev
   espeak-ng sox python3-gi gir1.2-gstreamer-1.0
+  # web demo (glmvoice-web): WebRTC (webrtcbin + libnice), Opus, libsoup 3
+  gstreamer1.0-plugins-bad gstreamer1.0-nice libgstreamer-plugins-bad1.0-dev libsoup-3.0-dev
+  python3-websocket
 )
+# Only for the web demo's browser test (tests/web), which skips with the reason without it.
+OPTIONAL_APT_PACKAGES=(chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,6 +27,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+optional_missing=()
+for p in "${OPTIONAL_APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || optional_missing+=("$p")
+done
+if [ ${#optional_missing[@]} -gt 0 ]; then
+  echo "setup: installing optional Debian packages: ${optional_missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${optional_missing[@]}" >/dev/null \
+    || echo "setup: could not install ${optional_missing[*]}: the web demo's browser test will be skipped"
 fi
 
 # libtorch from the PyPI wheel. The C++ side links only libc10 + libtorch_cpu (and the
