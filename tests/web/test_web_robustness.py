@@ -99,7 +99,22 @@ def main():
         turn = next_of(ws, {"turn"}, 60)
         check(len(turn["completion-ids"]) > 0, f"after the bad messages the session still answers ({turn['reason']})")
         check(server.stats()["bad_messages"] >= len(bad) + len(bad_started) + 1, "bad messages counted")
+        ws.send(json.dumps({"type": "reset"}))
+        next_of(ws, {"reset-done"})
+        check(True, "reset-history acknowledged")
         ws.close()
+
+        # An answer that parses but that webrtcbin refuses (no ICE credentials, no DTLS
+        # fingerprint): the session ends with the reason, the server goes on.
+        ws, _ = connect(server)
+        ws.send(json.dumps({"type": "start"}))
+        next_of(ws, {"offer"})
+        ws.send(json.dumps({"type": "answer", "sdp": "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+                                                  "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\n"}))
+        m = next_of(ws, {"error", "closed"})
+        check("refused" in m.get("message", m.get("reason", "")), f"refused answer reported: {m}")
+        ws.close()
+        wait_for("the refused session to be freed", lambda: all_freed(server), 20)
 
         # A message over the size limit: libsoup closes that connection; the server goes on.
         ws, _ = connect(server)
