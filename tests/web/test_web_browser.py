@@ -142,7 +142,10 @@ def main():
         state = wait_for("every session closed and pipeline freed",
                          lambda: (lambda st: st["sessions_open"] == 0 and st["pipelines_alive"] == 0 and st)(server.stats()), 30)
         check(server.alive(), f"server still running after the browser vanished: {state}")
-        check(any("browser went away" in line for line in server.log), "the server logged why the sessions ended")
+        ended = wait_for("the log lines saying why the sessions ended",
+                         lambda: [line for line in server.log if ": ended: " in line][-2:]
+                         if len([line for line in server.log if ": ended: " in line]) >= 2 else None, 10)
+        check(all(line.split(": ended: ")[1].strip() for line in ended), f"the server logged why the sessions ended: {ended}")
         print("PASS")
         return 0
     except AssertionError as e:

@@ -150,7 +150,8 @@ def main():
         check(state["sessions_opened"] - opened_before == SESSIONS and state["sessions_opened"] == state["sessions_closed"],
               f"{SESSIONS} sessions opened and closed: {state}")
         check(server.alive(), "server still running")
-        ended = [line for line in server.log if ": ended: " in line]
+        ended = wait_for("a log line per ended session", lambda: (lambda e: len(e) == state["sessions_closed"] and e)(
+            [line for line in server.log if ": ended: " in line]), 10)
         check(len(ended) == state["sessions_closed"] and all(line.split(": ended: ")[1].strip() for line in ended),
               f"each session's end is logged with its reason ({len(ended)} lines, e.g. {ended[-1].split(': ended: ')[1]!r})")
         wait_for("a log line per freed pipeline",
