@@ -656,3 +656,33 @@ TEST(GlmVoiceLlm, test_property_flags) {
   }
   gst_object_unref(e);
 }
+
+TEST(GlmVoiceLlm, test_properties_change_while_playing) {
+  Llm llm("tiny-script");
+  auto answer = [&llm](const std::vector<gint32>& q) {
+    EXPECT_EQ(llm.push_tokens(q), GST_FLOW_OK);
+    llm.end_turn();
+    EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+    GstMessage* m = wait_turn_message(llm.bus);
+    EXPECT_NE(m, nullptr);
+    const size_t n = m ? ids_field(m, "input-ids").size() : 0;
+    if (m) gst_message_unref(m);
+    return n;
+  };
+  const size_t first = answer({1, 2, 3});
+  const size_t second = answer({1, 2, 3});
+  EXPECT_GT(second, first) << "history kept";
+  // A new system prompt (set while PLAYING) starts a new history at the next turn.
+  g_object_set(llm.element, "system-prompt", "Be brief.", NULL);
+  const size_t third = answer({1, 2, 3});
+  EXPECT_LT(third, first) << "the short system prompt, no history";
+  // An instruction (set while PLAYING) is appended to the next user turn; keep-history off.
+  g_object_set(llm.element, "instruction", "Speak slowly.", "keep-history", FALSE, NULL);
+  const size_t fourth = answer({1, 2, 3});
+  EXPECT_GT(fourth, third);
+  // max-new-tokens (set while PLAYING) applies to the next answer.
+  g_object_set(llm.element, "max-new-tokens", 2, NULL);
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "max-new-tokens");
+}
