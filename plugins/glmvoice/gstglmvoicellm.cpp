@@ -72,10 +72,11 @@
  * ## Latency
  * Nothing comes out before the user's turn is complete; then the first token needs one
  * prefill of the prompt (the whole history) and each further token one decode step. The
- * `latency` property is this element's budget for that (prefill + first tokens); with a live
- * upstream the LATENCY query adds it to upstream's (otherwise: not live, 0, none), a
- * LATENCY message is posted when it changes, and a warning is posted once when a first
- * token comes later than the budget after its turn ended. The answer must be generated
+ * `latency` property (ns) is this element's budget for that (prefill + first tokens; 0 =
+ * the largest first-token time measured so far); with a live upstream the LATENCY query
+ * adds it to upstream's (otherwise upstream's not-live answer), a LATENCY message is posted
+ * when it changes, and a warning is posted once when a first token comes later than a set
+ * budget after its turn ended (gst/glmvoice_latency.h). The answer must be generated
  * faster than it is played (>= 18.75 tokens/s for 12.5 speech tokens/s with the 13/26
  * interleave): the real 9B model needs a GPU for that.
  *
@@ -105,6 +106,8 @@
 #include "glmvoice_caps.h"
 #include "glmvoice_element_util.h"
 #include "glmvoice_events.h"
+#include "glmvoice_latency.h"
+#include "glmvoice_model_props.h"
 #include "glmvoicellm_output.h"
 #include "glmvoicellm_turns.h"
 #include "io/error.h"
@@ -113,9 +116,6 @@
 GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define GST_CAT_DEFAULT gst_glm_voice_llm_debug
 
-#define DEFAULT_MODEL_PATH ""
-#define DEFAULT_DEVICE ""
-#define DEFAULT_DTYPE "float32"
 /* Web demo defaults (spec llm.md §4.4), not generation_config.json's. */
 #define DEFAULT_TEMPERATURE 0.2
 #define DEFAULT_TOP_P 0.8
@@ -128,14 +128,12 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define DEFAULT_BARGE_IN FALSE
 #define DEFAULT_TEXT_SEGMENTS FALSE
 #define DEFAULT_TEXT_LINES FALSE
-/* Prefill of a few hundred prompt tokens + the first tokens of the 9B model on a GPU. */
-#define DEFAULT_LATENCY_MS 1000
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-9b"
 
 enum {
   PROP_0,
-  PROP_MODEL_PATH,
+  PROP_MODEL_PATH,  // model-path, device, dtype: consecutive (ModelProperties)
   PROP_DEVICE,
   PROP_DTYPE,
   PROP_TEMPERATURE,
@@ -171,9 +169,8 @@ using glmvoice::gst::QueuedTurn;
 
 struct GstGlmVoiceLlmImpl {
   // Settings: protected by the object lock; copied out at every turn start.
-  std::string model_path = DEFAULT_MODEL_PATH;
-  std::string device = DEFAULT_DEVICE;
-  std::string dtype = DEFAULT_DTYPE;
+  glmvoice::gst::ModelProperties model_props{PROP_MODEL_PATH, MODEL_SUBDIR};  // model-path, device, dtype
+  glmvoice::gst::LatencyBudget latency{PROP_LATENCY};
   gdouble temperature = DEFAULT_TEMPERATURE;
   gdouble top_p = DEFAULT_TOP_P;
   gint top_k = DEFAULT_TOP_K;
@@ -185,7 +182,6 @@ struct GstGlmVoiceLlmImpl {
   gboolean barge_in = DEFAULT_BARGE_IN;
   gboolean text_segments = DEFAULT_TEXT_SEGMENTS;
   gboolean text_lines = DEFAULT_TEXT_LINES;
-  guint latency_ms = DEFAULT_LATENCY_MS;
 
   // Set at NULL->READY, dropped at READY->NULL (object lock).
   std::shared_ptr<const glmvoice::llm::LlmModel> model;
@@ -195,7 +191,6 @@ struct GstGlmVoiceLlmImpl {
   glmvoice::gst::LlmTurnQueue turns;
   // What chain functions return when the src task stopped (FLUSHING, EOS, an error).
   std::atomic<GstFlowReturn> srcresult{GST_FLOW_FLUSHING};
-  std::atomic<bool> upstream_live{false};  // from the last LATENCY query
 
   // Input segments: each protected by its sink pad's stream lock.
   GstSegment speech_segment;
@@ -205,7 +200,6 @@ struct GstGlmVoiceLlmImpl {
   // The conversation: owned by the src task (and by FLUSH_STOP / state changes while it is
   // paused or stopped, under the src pad's stream lock).
   std::unique_ptr<LlmConversation> conversation;
-  bool latency_warned = false;
   // Both outputs and their timeline (src task; its text queue has its own lock).
   std::unique_ptr<glmvoice::gst::LlmAnswerOutput> output;
 };
@@ -247,28 +241,9 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
   const auto playing =
       static_cast<GParamFlags>(G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING);
 
-  /**
-   * GstGlmVoiceLlm:model-path:
-   * Directory of glm-4-voice-9b in the Hugging Face layout. Empty: $GLMVOICE_MODEL_DIR/glm-4-voice-9b.
-   */
-  g_object_class_install_property(
-      gobject_class, PROP_MODEL_PATH,
-      g_param_spec_string("model-path", "Model path", "LLM directory (empty: $GLMVOICE_MODEL_DIR/" MODEL_SUBDIR ")",
-                          DEFAULT_MODEL_PATH, ready));
-  /**
-   * GstGlmVoiceLlm:device:
-   * "cpu", "cuda" or "cuda:N"; empty = CUDA when available. Reads back the device in use.
-   */
-  g_object_class_install_property(gobject_class, PROP_DEVICE,
-                                  g_param_spec_string("device", "Device", "cpu, cuda, cuda:N (empty: CUDA when available)",
-                                                      DEFAULT_DEVICE, ready));
-  /**
-   * GstGlmVoiceLlm:dtype:
-   * Compute dtype: float32 (CPU, exact parity) or bfloat16 (GPU, like the release). float16
-   * is accepted but unsafe for GLM-4 activations.
-   */
-  g_object_class_install_property(gobject_class, PROP_DTYPE,
-                                  g_param_spec_string("dtype", "Dtype", "float32, bfloat16 or float16", DEFAULT_DTYPE, ready));
+  /* model-path (empty: $GLMVOICE_MODEL_DIR/glm-4-voice-9b), device, dtype (an enum). */
+  glmvoice::gst::ModelProperties::install(gobject_class, PROP_MODEL_PATH, MODEL_SUBDIR,
+                                          "config.json, model*.safetensors, tokenizer_config.json");
   /**
    * GstGlmVoiceLlm:temperature:
    * Sampling temperature; 0 = greedy (argmax). Read at the start of every turn.
@@ -349,14 +324,13 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
                            DEFAULT_TEXT_LINES, ready));
   /**
    * GstGlmVoiceLlm:latency:
-   * Budget in ms from the end of a user turn to the answer's first tokens (prefill + first
-   * tokens). Added to the LATENCY query when upstream is live; a warning is posted once when
-   * an answer starts later than that. Changing it posts a LATENCY message.
+   * Budget in ns from the end of a user turn to the answer's first token (prefill + first
+   * tokens); 0 = the largest first-token time measured so far. Added to the LATENCY query
+   * when upstream is live; a warning is posted once when a first token comes later than a
+   * set budget. Changing it posts a LATENCY message.
    */
-  g_object_class_install_property(
-      gobject_class, PROP_LATENCY,
-      g_param_spec_uint("latency", "Latency", "Latency budget in ms (prefill + first tokens; live pipelines)", 0,
-                        G_MAXUINT / 2, DEFAULT_LATENCY_MS, playing));
+  glmvoice::gst::LatencyBudget::install(gobject_class, PROP_LATENCY,
+                                        "Latency budget in ns: end of a turn to its first token (0 = measured)");
 
   /**
    * GstGlmVoiceLlm::reset-history:
@@ -420,12 +394,10 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     const gchar* s = g_value_get_string(value);
     return std::string(s ? s : fallback);
   };
-  bool latency_changed = false;
+  if (impl->model_props.set_property(object, prop_id, value)) return;
+  if (impl->latency.set_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH: impl->model_path = str(""); break;
-    case PROP_DEVICE: impl->device = str(""); break;
-    case PROP_DTYPE: impl->dtype = str(DEFAULT_DTYPE); break;
     case PROP_TEMPERATURE: impl->temperature = g_value_get_double(value); break;
     case PROP_TOP_P: impl->top_p = g_value_get_double(value); break;
     case PROP_TOP_K: impl->top_k = g_value_get_int(value); break;
@@ -437,28 +409,18 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     case PROP_BARGE_IN: impl->barge_in = g_value_get_boolean(value); break;
     case PROP_TEXT_SEGMENTS: impl->text_segments = g_value_get_boolean(value); break;
     case PROP_TEXT_LINES: impl->text_lines = g_value_get_boolean(value); break;
-    case PROP_LATENCY:
-      latency_changed = impl->latency_ms != g_value_get_uint(value);
-      impl->latency_ms = g_value_get_uint(value);
-      break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
-  // The pipeline recomputes its latency (messages are posted without the object lock).
-  if (latency_changed) gst_element_post_message(GST_ELEMENT(self), gst_message_new_latency(GST_OBJECT(self)));
 }
 
 static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValue* value, GParamSpec* pspec) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(object);
   GstGlmVoiceLlmImpl* impl = self->impl;
+  if (impl->model_props.get_property(object, prop_id, value)) return;
+  if (impl->latency.get_property(GST_ELEMENT(self), prop_id, value)) return;
   GST_OBJECT_LOCK(self);
   switch (prop_id) {
-    case PROP_MODEL_PATH: g_value_set_string(value, impl->model_path.c_str()); break;
-    case PROP_DEVICE:
-      g_value_set_string(value, impl->model && impl->device.empty() ? impl->model->options().device.str().c_str()
-                                                                    : impl->device.c_str());
-      break;
-    case PROP_DTYPE: g_value_set_string(value, impl->dtype.c_str()); break;
     case PROP_TEMPERATURE: g_value_set_double(value, impl->temperature); break;
     case PROP_TOP_P: g_value_set_double(value, impl->top_p); break;
     case PROP_TOP_K: g_value_set_int(value, impl->top_k); break;
@@ -470,7 +432,6 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
     case PROP_BARGE_IN: g_value_set_boolean(value, impl->barge_in); break;
     case PROP_TEXT_SEGMENTS: g_value_set_boolean(value, impl->text_segments); break;
     case PROP_TEXT_LINES: g_value_set_boolean(value, impl->text_lines); break;
-    case PROP_LATENCY: g_value_set_uint(value, impl->latency_ms); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -480,11 +441,7 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
 
 static gboolean load_model(GstGlmVoiceLlm* self) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  GST_OBJECT_LOCK(self);
-  const std::string path = impl->model_path, device = impl->device, dtype = impl->dtype;
-  GST_OBJECT_UNLOCK(self);
-  auto model = glmvoice::gst::load_shared_model<glmvoice::llm::LlmModel>(
-      GST_ELEMENT(self), "llm", "language model", path, MODEL_SUBDIR, device, dtype);
+  auto model = impl->model_props.load<glmvoice::llm::LlmModel>(GST_ELEMENT(self), "llm", "language model");
   if (!model) return FALSE;
   if (model->tokenizer().n_audio() <= 0) {
     GLMVOICE_ELEMENT_ERROR(self, "Could not load the language model",
@@ -523,7 +480,6 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       gst_segment_init(&impl->speech_segment, GST_FORMAT_TIME);
       gst_segment_init(&impl->text_segment, GST_FORMAT_TIME);
       impl->partial_line.clear();
-      impl->latency_warned = false;
       impl->output->reset(/*new_stream=*/true);
       break;
     }
@@ -543,6 +499,8 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       impl->model.reset();
       impl->codebook = 0;
       GST_OBJECT_UNLOCK(self);
+      impl->model_props.unload(element);
+      impl->latency.reset_measured(element);
       break;
     default:
       break;
@@ -763,12 +721,6 @@ static void flush_stop(GstGlmVoiceLlm* self, GstEvent* event) {
   }
 }
 
-// Until gst/glmvoice_events.h has the start-of-speech trio.
-static bool is_start_of_speech(GstEvent* event) {
-  const GstStructure* s = GST_EVENT_TYPE(event) == GST_EVENT_CUSTOM_DOWNSTREAM ? gst_event_get_structure(event) : nullptr;
-  return s && gst_structure_has_name(s, "GstGlmVoiceStartOfSpeech");
-}
-
 static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, GstEvent* event) {
   GstGlmVoiceLlm* self = GST_GLM_VOICE_LLM(parent);
   GstGlmVoiceLlmImpl* impl = self->impl;
@@ -840,7 +792,7 @@ static gboolean gst_glm_voice_llm_sink_event(GstPad* pad, GstObject* parent, Gst
     gst_event_unref(event);
     return TRUE;
   }
-  if (is_start_of_speech(event)) {
+  if (gst_glm_voice_event_is_start_of_speech(event)) {
     if (input_settings(self).barge_in) {
       GST_INFO_OBJECT(self, "the user started speaking: barge-in");
       impl->turns.interrupt();
@@ -890,25 +842,11 @@ static gboolean gst_glm_voice_llm_src_query(GstPad* pad, GstObject* parent, GstQ
       gst_object_unref(input);
       input = GST_PAD(gst_object_ref(self->textsinkpad));
     }
-    const GstClockTime budget = self->impl->latency_ms * GST_MSECOND;
     GST_OBJECT_UNLOCK(self);
-    gboolean live = FALSE;
-    GstClockTime min = 0, max = GST_CLOCK_TIME_NONE;
-    GstQuery* upstream = gst_query_new_latency();
-    if (gst_pad_peer_query(input, upstream)) gst_query_parse_latency(upstream, &live, &min, &max);
-    gst_query_unref(upstream);
+    const gboolean answered = impl->latency.answer_query(GST_ELEMENT(self), input, query);
     gst_object_unref(input);
-    impl->upstream_live = live != FALSE;
-    if (live) {
-      min += budget;
-      if (GST_CLOCK_TIME_IS_VALID(max)) max += budget;
-    } else {
-      min = 0;
-      max = GST_CLOCK_TIME_NONE;
-    }
-    GST_DEBUG_OBJECT(pad, "latency: live %d, min %" GST_TIME_FORMAT ", max %" GST_TIME_FORMAT, live,
-                     GST_TIME_ARGS(min), GST_TIME_ARGS(max));
-    gst_query_set_latency(query, live, min, max);
+    if (!answered) gst_query_set_latency(query, FALSE, 0, GST_CLOCK_TIME_NONE);  // no upstream
+    GST_DEBUG_OBJECT(pad, "latency query: %" GST_PTR_FORMAT, query);
     return TRUE;
   }
   return gst_pad_query_default(pad, parent, query);
@@ -976,26 +914,18 @@ static void start_answer(GstGlmVoiceLlm* self, const QueuedTurn& turn) {
                    impl->conversation->turn_count(), GST_TIME_ARGS(impl->output->response_start()));
 }
 
-// Warns once when a live answer starts later than the latency budget.
-static void check_latency(GstGlmVoiceLlm* self) {
-  GstGlmVoiceLlmImpl* impl = self->impl;
-  const double ms = impl->conversation->first_token_ms();
-  GST_OBJECT_LOCK(self);
-  const guint budget = impl->latency_ms;
-  GST_OBJECT_UNLOCK(self);
-  if (impl->latency_warned || !impl->upstream_live || ms <= budget) return;
-  impl->latency_warned = true;
-  GST_ELEMENT_WARNING(self, CORE, CLOCK, ("Answers start later than the latency budget"),
-                      ("first token %.0f ms after the end of the turn, latency budget %u ms: raise the "
-                       "latency property (or use a faster device)",
-                       ms, budget));
+// The time from the end of a turn to its first token is this element's processing time
+// (the latency budget warns once when a set budget is exceeded).
+static void record_first_token(GstGlmVoiceLlm* self) {
+  const double ms = self->impl->conversation->first_token_ms();
+  self->impl->latency.record_compute(GST_ELEMENT(self), static_cast<GstClockTime>(ms * GST_MSECOND));
 }
 
 static GstFlowReturn generate_one(GstGlmVoiceLlm* self) {
   GstGlmVoiceLlmImpl* impl = self->impl;
   const bool first = impl->conversation->first_token_ms() < 0;
   const glmvoice::llm::ChatEvent ev = impl->conversation->step();
-  if (first) check_latency(self);
+  if (first) record_first_token(self);
   switch (ev.kind) {
     case glmvoice::llm::ChatEvent::kAudio: return impl->output->push_speech_token(ev.speech_token);
     case glmvoice::llm::ChatEvent::kText: return impl->output->add_text(ev.text);

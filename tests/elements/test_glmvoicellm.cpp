@@ -396,9 +396,7 @@ namespace {
 using glmvoice::test::Timeline;
 constexpr GstClockTime kToken = GST_GLM_VOICE_TOKEN_DURATION;
 
-GstEvent* start_of_speech_event() {
-  return gst_event_new_custom(GST_EVENT_CUSTOM_DOWNSTREAM, gst_structure_new_empty("GstGlmVoiceStartOfSpeech"));
-}
+GstEvent* start_of_speech_event() { return gst_glm_voice_event_new_start_of_speech(GST_CLOCK_TIME_NONE); }
 
 void push_segment(GstHarness* h, GstClockTime start, GstClockTime base, GstClockTime time) {
   GstSegment segment;
@@ -523,17 +521,26 @@ TEST(GlmVoiceLlm, test_flush_stop_starts_no_task_on_an_inactive_pad) {
 TEST(GlmVoiceLlm, test_latency_query_live_adds_the_budget) {
   Llm llm("tiny-script");
   gst_harness_set_upstream_latency(llm.speech, 100 * GST_MSECOND);
-  g_object_set(llm.element, "latency", 300u, NULL);
+  g_object_set(llm.element, "latency", static_cast<guint64>(300 * GST_MSECOND), NULL);
   EXPECT_EQ(gst_harness_query_latency(llm.speech), 400 * GST_MSECOND);
   EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_LATENCY), 1) << "a budget change posts a LATENCY message";
-  g_object_set(llm.element, "latency", 300u, NULL);
+  g_object_set(llm.element, "latency", static_cast<guint64>(300 * GST_MSECOND), NULL);
   EXPECT_EQ(count_messages(llm.bus, GST_MESSAGE_LATENCY), 0) << "no message when nothing changed";
+}
+
+TEST(GlmVoiceLlm, test_latency_measured_without_a_budget) {
+  Llm llm("tiny-script");
+  gst_harness_set_upstream_latency(llm.speech, 100 * GST_MSECOND);
+  ASSERT_EQ(llm.push_tokens({1, 2}), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  // latency=0: the element reports the first-token time it measured on top of upstream's
+  EXPECT_GT(gst_harness_query_latency(llm.speech), 100 * GST_MSECOND);
 }
 
 TEST(GlmVoiceLlm, test_latency_exceeded_warns_once) {
   Llm llm("tiny-script");
-  g_object_set(llm.element, "latency", 0u, NULL);
-  gst_harness_query_latency(llm.speech);  // live upstream (the harness)
+  g_object_set(llm.element, "latency", static_cast<guint64>(1), NULL);  // 1 ns: every answer is later
   for (int turn = 0; turn < 2; ++turn) {
     ASSERT_EQ(llm.push_tokens({1, 2}), GST_FLOW_OK);
     llm.end_turn();
