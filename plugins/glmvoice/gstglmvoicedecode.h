@@ -1,5 +1,5 @@
 /* glmvoicedecode: GLM-4-Voice speech decoder element (speech tokens -> 22050 Hz mono audio).
- * SPDX-License-Identifier: Apache-2.0 */
+ * SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
 #include <gst/gst.h>

@@ -1,5 +1,5 @@
 /* glmvoicetokenize: GLM-4-Voice speech tokenizer element (16 kHz mono audio -> speech tokens).
- * SPDX-License-Identifier: Apache-2.0 */
+ * SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
 #include <gst/gst.h>
