@@ -535,7 +535,7 @@ void Session::on_decoded(GstPadProbeInfo* info) {
 
 // Same thread: pace each packet, report the answer's first one.
 void Session::on_packet(GstBuffer* buffer) {
-  pacer_.wait(GST_BUFFER_PTS(buffer));
+  pacer_.wait(GST_BUFFER_PTS(buffer), GST_BUFFER_DURATION(buffer));
   if (GST_BUFFER_DURATION_IS_VALID(buffer)) answer_audio_ += GST_BUFFER_DURATION(buffer);
   if (answering_) return;
   answering_ = true;

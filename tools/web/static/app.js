@@ -205,29 +205,39 @@ function onTextEnd(reason) {
 }
 
 function onAnswerStart() {
+  if (state.recording && state.recording.end) finishRecording();  // the previous one's tail
   if (state.recording || !state.ctx) return;
-  state.recording = { turn: state.audioTurn, chunks: state.preroll.slice() };
+  state.recording = { turn: state.audioTurn, chunks: state.preroll.slice(), end: null, timer: 0 };
   turnAt(state.audioTurn).answer.audioPending = true;
   state.preroll = []; state.prerollSamples = 0;
 }
 function onAnswerEnd(m) {
-  const reason = m.reason;
   const index = state.audioTurn++;
-  const turn = turnAt(index);
   const rec = state.recording;
-  if (!rec) { turn.answer.audio = { seconds: 0, rms: 0, peak: 0 }; return; }
-  setTimeout(() => {
-    state.recording = null;
-    const n = rec.chunks.reduce((s, c) => s + c.length, 0);
-    const samples = new Float32Array(n);
-    let o = 0; for (const c of rec.chunks) { samples.set(c, o); o += c.length; }
-    let sum = 0, peak = 0; for (const v of samples) { sum += v * v; peak = Math.max(peak, Math.abs(v)); }
-    turn.answer.audio = { seconds: n / state.ctx.sampleRate, rms: n ? Math.sqrt(sum / n) : 0, peak, reason,
-      sentSeconds: m.audio_seconds, sentWallSeconds: m.wall_seconds };
-    turn.answer.audioPending = false;
+  if (!rec || rec.turn !== index || rec.end) {  // an answer without audio
+    const turn = turnAt(index);
+    turn.answer.audio = { seconds: 0, rms: 0, peak: 0, reason: m.reason, sentSeconds: m.audio_seconds };
     if (turn.answer.textDone) turn.answerEl.classList.remove('pending');
-    addWave(turn.answerEl, samples, state.ctx.sampleRate);
-  }, ANSWER_TAIL_MS);
+    return;
+  }
+  rec.end = m;
+  rec.timer = setTimeout(finishRecording, ANSWER_TAIL_MS);  // what the jitter buffer still holds
+}
+function finishRecording() {
+  const rec = state.recording;
+  if (!rec) return;
+  clearTimeout(rec.timer);
+  state.recording = null;
+  const turn = turnAt(rec.turn), m = rec.end || {};
+  const n = rec.chunks.reduce((s, c) => s + c.length, 0);
+  const samples = new Float32Array(n);
+  let o = 0; for (const c of rec.chunks) { samples.set(c, o); o += c.length; }
+  let sum = 0, peak = 0; for (const v of samples) { sum += v * v; peak = Math.max(peak, Math.abs(v)); }
+  turn.answer.audio = { seconds: n / state.ctx.sampleRate, rms: n ? Math.sqrt(sum / n) : 0, peak, reason: m.reason,
+    sentSeconds: m.audio_seconds, sentWallSeconds: m.wall_seconds };
+  turn.answer.audioPending = false;
+  if (turn.answer.textDone) turn.answerEl.classList.remove('pending');
+  addWave(turn.answerEl, samples, state.ctx.sampleRate);
 }
 
 function onTurnDebug(m) {
