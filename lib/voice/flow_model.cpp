@@ -61,9 +61,10 @@ FlowModel::Resnet take_resnet(WeightTable& w, const std::string& p, int64_t cin,
 FlowModel::TBlock take_tblock(WeightTable& w, const std::string& p, int64_t dim, int64_t inner) {
   FlowModel::TBlock b;
   b.norm1 = take_norm(w, p + ".norm1", dim);
-  b.to_q = w.take(p + ".attn1.to_q.weight", {inner, dim});
-  b.to_k = w.take(p + ".attn1.to_k.weight", {inner, dim});
-  b.to_v = w.take(p + ".attn1.to_v.weight", {inner, dim});
+  // q, k, v in one GEMM: rows [q; k; v] of a fused [3 inner, dim] weight.
+  b.to_qkv = at::cat({w.take(p + ".attn1.to_q.weight", {inner, dim}), w.take(p + ".attn1.to_k.weight", {inner, dim}),
+                      w.take(p + ".attn1.to_v.weight", {inner, dim})},
+                     0);
   b.to_out = take_linear(w, p + ".attn1.to_out.0", dim, inner);
   b.norm3 = take_norm(w, p + ".norm3", dim);
   b.ff1 = take_linear(w, p + ".ff.net.0.proj", 4 * dim, dim);  // diffusers FeedForward mult 4
@@ -254,25 +255,25 @@ at::Tensor FlowModel::resnet(const Resnet& r, const at::Tensor& x, const at::Ten
   return h + at::conv1d(x, r.res_conv.w, r.res_conv.b);
 }
 
-// Matcha BasicTransformerBlock with diffusers Attention (AttnProcessor2_0 through the
-// documented SDPA formula): x [1, M, C].
+// Matcha BasicTransformerBlock with diffusers Attention (AttnProcessor2_0): x [B, M, C].
+// diffusers adds the all-ones float attn_mask to the scores (spec P3): a constant shift that
+// softmax cancels, so attention runs unmasked through scaled_dot_product_attention (CPU flash
+// attention: no [B, h, M, M] score tensor). The mel moves by ~1e-6 against the written-out
+// order (spec §3.7 step 4), well inside the fixtures' tolerance.
 at::Tensor FlowModel::tblock(const TBlock& b, const at::Tensor& x) const {
   const auto& s = config_.estimator;
   const int64_t heads = s.num_heads;
   const int64_t hd = s.attention_head_dim;
+  const int64_t B = x.size(0);
   at::Tensor n = layer_norm(x, b.norm1);
-  at::Tensor q = at::linear(n, b.to_q).view({1, -1, heads, hd}).transpose(1, 2);  // [1, h, M, hd]
-  at::Tensor k = at::linear(n, b.to_k).view({1, -1, heads, hd}).transpose(1, 2);
-  at::Tensor v = at::linear(n, b.to_v).view({1, -1, heads, hd}).transpose(1, 2);
-  at::Tensor w = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-  w += 1.0;  // spec P3: the all-ones float attn_mask is added, not a mask
-  w = at::softmax(w, -1);
-  at::Tensor o = at::matmul(w, v).transpose(1, 2).reshape({1, -1, heads * hd});
+  at::Tensor qkv = at::linear(n, b.to_qkv).view({B, -1, 3, heads, hd}).permute({2, 0, 3, 1, 4});  // [3, B, h, M, hd]
+  at::Tensor o = at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]);
+  o = o.transpose(1, 2).reshape({B, -1, heads * hd});
   at::Tensor h = linear(o, b.to_out) + x;
   return linear(at::gelu(linear(layer_norm(h, b.norm3), b.ff1)), b.ff2) + h;
 }
 
-// ConditionalDecoder.forward (EST), spec §3.7. x, mu, cond [1, n_mel, M]; spks [1, n_mel]; t [].
+// ConditionalDecoder.forward (EST), spec §3.7. x, mu, cond [B, n_mel, M]; spks [B, n_mel]; t [].
 at::Tensor FlowModel::estimator(const at::Tensor& x, const at::Tensor& mu, const at::Tensor& t,
                                 const at::Tensor& spks, const at::Tensor& cond) const {
   const auto& s = config_.estimator;
@@ -281,7 +282,7 @@ at::Tensor FlowModel::estimator(const at::Tensor& x, const at::Tensor& mu, const
   at::Tensor freq = at::exp(at::arange(half, at::TensorOptions().dtype(at::kLong).device(device_)).to(at::kFloat) *
                             (-(std::log(10000.0) / static_cast<double>(half - 1))));
   at::Tensor arg = (kTimeScale * t.unsqueeze(0).unsqueeze(1)) * freq.unsqueeze(0);
-  at::Tensor temb = at::cat({arg.sin(), arg.cos()}, -1).to(dtype_);       // [1, in_channels]
+  at::Tensor temb = at::cat({arg.sin(), arg.cos()}, -1).to(dtype_);       // [1, in_channels], shared by the batch
   temb = linear(at::silu(linear(temb, time1_)), time2_);                   // [1, 4*C0]
 
   const int64_t M = x.size(2);
@@ -358,13 +359,15 @@ at::Tensor FlowModel::inference(const at::Tensor& tokens, const at::Tensor& prom
   t_span = t_span.to(device_);
   at::Tensor t = t_span[0];
   at::Tensor dt = t_span[1] - t_span[0];
-  at::Tensor zero_mu = at::zeros_like(mu), zero_spks = at::zeros_like(spks), zero_cond = at::zeros_like(cond);
+  // Classifier-free guidance: the conditional and the unconditional (zero mu, spks, cond)
+  // passes run as one batch of 2; upstream runs them as two batch-1 calls (same math).
+  const bool cfg = cfg_rate > 0;
+  at::Tensor mu_b = cfg ? at::cat({mu, at::zeros_like(mu)}, 0) : mu;
+  at::Tensor spks_b = cfg ? at::cat({spks, at::zeros_like(spks)}, 0) : spks;
+  at::Tensor cond_b = cfg ? at::cat({cond, at::zeros_like(cond)}, 0) : cond;
   for (int64_t step = 1; step <= n_timesteps; ++step) {
-    at::Tensor v = estimator(xt, mu, t, spks, cond);
-    if (cfg_rate > 0) {
-      at::Tensor vu = estimator(xt, zero_mu, t, zero_spks, zero_cond);
-      v = (1.0 + cfg_rate) * v - cfg_rate * vu;
-    }
+    at::Tensor v = estimator(cfg ? at::cat({xt, xt}, 0) : xt, mu_b, t, spks_b, cond_b);
+    if (cfg) v = (1.0 + cfg_rate) * v[0].unsqueeze(0) - cfg_rate * v[1].unsqueeze(0);
     xt = xt + dt.to(xt.scalar_type()) * v;
     t = t + dt;
     if (step < n_timesteps) dt = t_span[step + 1] - t;

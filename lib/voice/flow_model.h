@@ -67,7 +67,7 @@ class FlowModel {
   };
   struct TBlock {
     Norm norm1, norm3;
-    at::Tensor to_q, to_k, to_v;
+    at::Tensor to_qkv;  // [3 inner, dim]: to_q, to_k, to_v stacked
     Linear to_out, ff1, ff2;
   };
   struct Stage {
