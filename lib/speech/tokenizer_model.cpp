@@ -370,13 +370,13 @@ at::Tensor TokenizerModel::layer_forward(const LayerWeights& w, const at::Tensor
   if (v_out) *v_out = v;
   const int64_t Tk = k.size(0);
   // [T, D] -> [H, T, hd]
-  const at::Tensor qh = q.view({Tq, H, hd}).transpose(0, 1).contiguous();
-  const at::Tensor kh = k.view({Tk, H, hd}).transpose(0, 1).contiguous();
-  const at::Tensor vh = v.view({Tk, H, hd}).transpose(0, 1).contiguous();
-  // SDPA as PyTorch documents it: (q k^T) * scale + mask, softmax, @ v.
-  at::Tensor scores = at::matmul(qh, kh.transpose(-2, -1)).mul(1.0 / std::sqrt(static_cast<double>(hd)));
-  if (mask.defined()) scores = scores.add(mask);
-  const at::Tensor attn = at::matmul(at::softmax(scores, -1), vh);  // [H, Tq, hd]
+  const at::Tensor qh = q.view({Tq, H, hd}).transpose(0, 1);
+  const at::Tensor kh = k.view({Tk, H, hd}).transpose(0, 1);
+  const at::Tensor vh = v.view({Tk, H, hd}).transpose(0, 1);
+  // Upstream's WhisperSdpaAttention: scaled_dot_product_attention with the additive mask. On
+  // the CPU it runs flash attention in key blocks and never builds the [H, Tq, Tk] scores.
+  const at::Tensor attn = at::scaled_dot_product_attention(qh, kh, vh, mask.defined() ? std::optional<at::Tensor>(mask)
+                                                                                     : std::nullopt);  // [H, Tq, hd]
   const at::Tensor o = attn.transpose(0, 1).reshape({Tq, config_.d_model});
   at::Tensor out = h + at::linear(o, w.o_w, w.o_b);
   const at::Tensor f = at::layer_norm(out, {config_.d_model}, w.ln2_w, w.ln2_b, kLayerNormEps);
