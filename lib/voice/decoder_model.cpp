@@ -104,6 +104,10 @@ std::shared_ptr<const DecoderModel> DecoderModel::load(const ModelOptions& optio
 
 int64_t DecoderModel::mel_len(int64_t tokens) const { return flow_->mel_len(tokens); }
 
+int64_t DecoderModel::overlap_frames() const {
+  return static_cast<int64_t>(static_cast<double>(kTokenOverlapLen) / config_.flow.input_frame_rate * 22050 / 256);
+}
+
 at::Tensor DecoderModel::flow(const at::Tensor& tokens, const at::Tensor& prompt_tokens,
                               const at::Tensor& prompt_feat, at::Generator& gen, int64_t n_timesteps,
                               double cfg_rate, FlowTaps* taps) const {
@@ -138,6 +142,19 @@ HiftResult DecoderModel::hift(const at::Tensor& mel, const at::Tensor& cache_sou
 }
 
 // ---------------------------------------------------------------------------------------------
+
+std::vector<int64_t> default_block_sizes(StreamMode mode) {
+  if (mode == StreamMode::kFast) return {10, 25, 50};
+  return {25, 50, 100, 150, 200};
+}
+
+StreamMode parse_stream_mode(const std::string& text, const std::string& field) {
+  if (text == "reference") return StreamMode::kReference;
+  if (text == "fast") return StreamMode::kFast;
+  throw Error(ErrorCode::kBadConfig, "", field, "'" + text + "' is not a decoder mode (reference or fast)");
+}
+
+std::string stream_mode_name(StreamMode mode) { return mode == StreamMode::kFast ? "fast" : "reference"; }
 
 std::vector<int64_t> parse_block_sizes(const std::string& text) {
   std::vector<int64_t> out;
@@ -177,6 +194,10 @@ DecoderState::DecoderState(std::shared_ptr<const DecoderModel> model, StreamOpti
     if (b < 1) throw Error(ErrorCode::kBadConfig, "", "block-sizes", "block sizes must be >= 1");
   }
   if (options_.n_timesteps < 1) throw Error(ErrorCode::kBadConfig, "", "n-timesteps", "must be >= 1");
+  if (options_.mode == StreamMode::kFast && options_.context_tokens < kMinContextTokens) {
+    throw Error(ErrorCode::kBadConfig, "", "context-tokens",
+                "must be >= " + std::to_string(kMinContextTokens) + " (the held-back overlap plus a margin)");
+  }
   gen_ = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
 }
 
@@ -191,6 +212,11 @@ void DecoderState::reset() {
   cache_source_ = at::Tensor();
   block_index_ = 0;
   call_index_ = 0;
+  window_tokens_.clear();
+  window_base_ = 0;
+  tokens_done_ = 0;
+  frames_final_ = 0;
+  history_mel_ = at::Tensor();
 }
 
 bool DecoderState::idle() const { return pending_.empty() && !overlap_mel_.defined() && !cache_mel_.defined(); }
@@ -258,8 +284,7 @@ at::Tensor DecoderState::token2wav(const std::vector<int64_t>& block, bool final
   const DecoderModel& m = *model_;
   const int64_t n_mel = m.n_mel();
   const int64_t spf = m.samples_per_frame();
-  const int64_t overlap = static_cast<int64_t>(static_cast<double>(kTokenOverlapLen) /
-                                               m.config().flow.input_frame_rate * 22050 / 256);
+  const int64_t overlap = m.overlap_frames();
   const int64_t source_cache_len = kMelCacheLen * spf;
   {
     std::lock_guard<std::mutex> lock(gen_.mutex());
@@ -280,9 +305,15 @@ at::Tensor DecoderState::token2wav(const std::vector<int64_t>& block, bool final
   rep.prompt_frames = prompt_feat.size(1);
   rep.finalize = finalize;
 
-  at::Tensor mel = m.flow(tokens, prompt, prompt_feat, gen_, options_.n_timesteps, options_.cfg_rate,
-                          report ? &flow_taps : nullptr);  // [1, n_mel, Lm]
-  if (overlap_mel_.defined()) {
+  const bool fast = options_.mode == StreamMode::kFast;
+  at::Tensor mel;
+  if (fast) {
+    mel = fast_flow(block, finalize, rep, report ? &flow_taps : nullptr);  // final frames only
+  } else {
+    mel = m.flow(tokens, prompt, prompt_feat, gen_, options_.n_timesteps, options_.cfg_rate,
+                 report ? &flow_taps : nullptr);  // [1, n_mel, Lm]
+  }
+  if (!fast && overlap_mel_.defined()) {
     // fade_in_out: fp32 mel x float64 Hamming halves, summed in float64, stored as fp32 (P6).
     const int64_t L = overlap_mel_.size(2);
     std::vector<double> w = hamming(2 * L);
@@ -301,8 +332,10 @@ at::Tensor DecoderState::token2wav(const std::vector<int64_t>& block, bool final
   }
   at::Tensor speech;
   if (!finalize) {
-    overlap_mel_ = mel.slice(2, mel.size(2) - overlap).contiguous();
-    mel = mel.slice(2, 0, mel.size(2) - overlap).contiguous();
+    if (!fast) {  // fast_flow holds its own overlap back
+      overlap_mel_ = mel.slice(2, mel.size(2) - overlap).contiguous();
+      mel = mel.slice(2, 0, mel.size(2) - overlap).contiguous();
+    }
     HiftResult r = m.hift(mel, src_cache, gen_, report ? &hift_taps : nullptr);
     cache_mel_ = mel.slice(2, mel.size(2) - kMelCacheLen).contiguous();
     cache_source_ = r.source.slice(2, r.source.size(2) - source_cache_len).contiguous();
@@ -314,8 +347,10 @@ at::Tensor DecoderState::token2wav(const std::vector<int64_t>& block, bool final
     cache_mel_ = at::Tensor();
     cache_source_ = at::Tensor();
   }
-  mels_.push_back(mel);
-  prompt_tokens_.insert(prompt_tokens_.end(), block.begin(), block.end());
+  if (!fast) {
+    mels_.push_back(mel);
+    prompt_tokens_.insert(prompt_tokens_.end(), block.begin(), block.end());
+  }
   if (report) {
     rep.mel = mel;
     rep.speech = speech;

@@ -51,6 +51,8 @@ class DecoderModel {
   int64_t n_mel() const { return config_.flow.output_size; }
   // Spec §3.4 mel frames for `tokens` tokens (fp32 formula).
   int64_t mel_len(int64_t tokens) const;
+  // Mel frames a non-final streaming call holds back for the cross-fade (5 tokens: 34 frames).
+  int64_t overlap_frames() const;
   // Number of parameters (flow, hift) for logs and the benchmark.
   int64_t flow_parameters() const { return flow_params_; }
   int64_t hift_parameters() const { return hift_params_; }
@@ -77,13 +79,30 @@ class DecoderModel {
   int64_t flow_params_ = 0, hift_params_ = 0;
 };
 
+// How a stream feeds earlier audio back into the flow (decoder spec §5.2 vs README "fast mode").
+enum class StreamMode {
+  kReference,  // upstream web_demo: every call re-encodes the whole answer so far (O(n^2))
+  kFast,       // the prompt is the last `context_tokens` tokens and their mel (O(block + window))
+};
+
 // Per-stream knobs (element properties).
 struct StreamOptions {
   std::vector<int64_t> block_sizes{25, 50, 100, 150, 200};  // last entry repeats (DEMO)
   uint64_t seed = 42;                                      // reseeded at every token2wav call
   int64_t n_timesteps = 10;
   double cfg_rate = -1;                                    // < 0: config inference_cfg_rate
+  StreamMode mode = StreamMode::kReference;
+  int64_t context_tokens = 50;                             // fast mode: prompt window (>= kMinContextTokens)
 };
+
+// Fast-mode defaults, chosen by measurement (README "Fast streaming decoder").
+constexpr int64_t kDefaultContextTokens = 50;
+constexpr int64_t kMinContextTokens = 8;  // must cover the held-back overlap (5 tokens) and a margin
+std::vector<int64_t> default_block_sizes(StreamMode mode);  // reference 25,50,100,150,200; fast 10,25,50
+
+// "reference" | "fast"; throws kBadConfig naming `field` otherwise.
+StreamMode parse_stream_mode(const std::string& text, const std::string& field = "mode");
+std::string stream_mode_name(StreamMode mode);
 
 // "25,50,100" -> {25, 50, 100}; throws kBadConfig on an empty list or a value < 1.
 std::vector<int64_t> parse_block_sizes(const std::string& text);
@@ -105,6 +124,8 @@ struct BlockReport {
 
 // Streaming state of one utterance stream (spec §5.1-5.3): pending tokens, prompt tokens and
 // mels fed back, 34-frame overlap mel, one-frame HiFT cache, block index, private generator.
+// In StreamMode::kFast the prompt is a bounded window and the emitted audio has exactly the
+// offline decode's length (mel_len(n) x 256 samples for n tokens); see decoder_fast_stream.cpp.
 class DecoderState {
  public:
   explicit DecoderState(std::shared_ptr<const DecoderModel> model, StreamOptions options = {});
@@ -137,6 +158,9 @@ class DecoderState {
 
  private:
   at::Tensor token2wav(const std::vector<int64_t>& block, bool finalize);
+  // Fast mode (decoder_fast_stream.cpp): the flow call over the window, returns the block's
+  // new mel with the previous call's held-back frames cross-faded in.
+  at::Tensor fast_flow(const std::vector<int64_t>& block, bool finalize, BlockReport& rep, FlowTaps* taps);
   at::Tensor tail_flush();
 
   std::shared_ptr<const DecoderModel> model_;
@@ -150,6 +174,13 @@ class DecoderState {
   at::Tensor cache_source_;       // [1, 1, 256] or undefined
   size_t block_index_ = 0;
   int call_index_ = 0;
+  // Fast mode: tokens from global index `window_base_` on (the window plus the tokens whose
+  // frames are still held back), the last final mel frames, and the frame counters.
+  std::vector<int64_t> window_tokens_;
+  int64_t window_base_ = 0;
+  int64_t tokens_done_ = 0;  // tokens consumed by flow calls
+  int64_t frames_final_ = 0; // mel frames passed on to HiFT (held-back frames not counted)
+  at::Tensor history_mel_;   // [1, n_mel, h]: the last h final frames (h <= window + margin)
   std::function<void(const BlockReport&)> observer_;
 };
 
