@@ -2,6 +2,9 @@
 //   flow   --model DECDIR TOKENS.npy [--seed S]                -o MEL.npy   float32 [80, frames]
 //   vocode --model DECDIR MEL.npy [--seed S]                   -o WAVE.npy  float32 [samples]
 //   decode --model DECDIR TOKENS.npy [--stream] [--seed S]     -o OUT.wav|OUT.npy
+//          --stream: token by token through DecoderState; --mode reference (upstream's schedule,
+//          default) or fast (bounded prompt window --context-tokens, default 50; default
+//          block sizes 10,25,50); --block-sizes 25,50,100 overrides the schedule.
 // --seed seeds a private CPU generator right before the stage draws its noise, in the
 // reference's order and shapes (decoder spec §5.4), so a CPU run reproduces its draws.
 #include <ATen/ATen.h>
@@ -129,7 +132,7 @@ int cmd_vocode(int argc, char** argv) {
 int cmd_decode(int argc, char** argv) {
   Args args(argc, argv, 2, {"verbose", "stream"});
   auto known = kCommon;
-  known.insert({"stream", "block-sizes", "n-timesteps", "cfg-rate"});
+  known.insert({"stream", "block-sizes", "n-timesteps", "cfg-rate", "mode", "context-tokens"});
   args.check_known(known);
   const std::string in = args.positional(0, "TOKENS.npy");
   const std::string out = args.get("out");
@@ -138,7 +141,10 @@ int cmd_decode(int argc, char** argv) {
   so.seed = seed_of(args);
   so.n_timesteps = args.get_int("n-timesteps", 10);
   so.cfg_rate = args.get_double("cfg-rate", -1);
-  if (args.has("block-sizes")) so.block_sizes = voice::parse_block_sizes(args.get("block-sizes"));
+  so.mode = voice::parse_stream_mode(args.get("mode", "reference"), "--mode");
+  so.context_tokens = args.get_int("context-tokens", voice::kDefaultContextTokens);
+  so.block_sizes = args.has("block-sizes") ? voice::parse_block_sizes(args.get("block-sizes"))
+                                           : voice::default_block_sizes(so.mode);
   voice::DecoderState state(model, so);
   std::vector<int32_t> ids = read_tokens(in);
   at::Tensor audio;
