@@ -1,19 +1,31 @@
 // glmvoice-bench e2e: one spoken turn through tokenizer -> LLM -> decoder with the lib APIs
-// (what the three elements run, without GStreamer), timed per stage.
+// (what the three elements run, without GStreamer), timed per stage, in two schedules run
+// one after the other in this process on the same weights and the same question:
 //
-//   glmvoice-bench e2e [--size tiny|mid] [--wav QUESTION.wav] [--answer-tokens 200]
-//                      [--model-output] [--threads N] [--dir DIR]
+//   glmvoice-bench e2e [--size tiny|mid] [--schedule upstream|ours|both] [--wav QUESTION.wav]
+//                      [--question-seconds 5] [--answer-tokens 200] [--prefill-chunk 13]
+//                      [--context-tokens 50] [--threads N] [--dir DIR]
+//
+//   upstream  the reference demo's order: the question is tokenized after the turn ends
+//             (TokenizerModel::tokenize), the prompt is prefilled in one call, the decoder runs
+//             upstream's schedule (first block 25 tokens, the whole answer re-encoded per block).
+//   ours      streaming tokenizer (only its end-of-turn flush is left after the turn), the
+//             prompt prefilled while the user speaks (prefix at the start of the turn, then the
+//             speech tokens every --prefill-chunk tokens as they arrive; only the rest and the
+//             assistant header after the turn), the fast decoder (first block 10 tokens,
+//             bounded prompt window).
+// Prefill while speaking uses LlmModel::forward on a KvCache chunk by chunk (the same calls a
+// chunked-prefill API makes); both schedules then step the LLM greedily with the same loop.
 //
 // Sizes (random weights written once into DIR, default /tmp/glmvoice-bench-e2e/<size>):
 //   tiny  tokenizer mk-a, LLM tiny, decoder tiny (the test models)
 //   mid   tokenizer real-l2 (d_model 1280, 2 layers), LLM mid (hidden 1024, 8 layers, real
 //         vocabulary), decoder real-random (release size: 111 M + 20 M parameters)
-// A random LLM does not speak in the 13 text / 26 speech rhythm, so by default the answer's
-// k-th token is routed as text when k mod 39 < 13 and otherwise as speech token
-// (sampled id mod codebook): the real model's timeline with random compute. --model-output
-// uses the model's own text/speech classification instead (for real checkpoints).
-// Reported: tokenizer streaming RTF and its end-of-turn flush, LLM prefill and decode, the
-// latency from end-of-turn to the first answer audio, and the answer's real-time factor.
+// A random LLM does not speak in the 13 text / 26 speech rhythm, so the answer's k-th token is
+// routed as text when k mod 39 < 13 and otherwise as speech token (sampled id mod codebook):
+// the real model's timeline with random compute.
+// Reported per schedule: end-of-turn -> first answer audio (TTFA) and each stage's share of it,
+// the answer's real-time factor; then `ttfa ratio upstream/ours: X`.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -28,6 +40,7 @@
 #include "../cli/args.h"
 #include "bench.h"
 #include "llm/chat.h"
+#include "llm/chatglm_model.h"
 #include "llm/tiny_model.h"
 #include "speech/tiny_model.h"
 #include "speech/tokenizer_model.h"
@@ -78,14 +91,158 @@ Dirs ensure_models(const std::string& size, const std::string& root) {
   return d;
 }
 
+// Prompt layout of a speech turn: prefix (history, system, <|user|>\n), the speech ids, the
+// suffix (<|assistant|>streaming_transcription\n); found by comparing two prompts.
+struct PromptLayout {
+  size_t prefix = 0, suffix = 0;
+};
+
+PromptLayout prompt_layout(const llm::ChatState& chat) {
+  const auto one = chat.build_prompt_ids(llm::UserTurn::speech({0}));
+  const auto two = chat.build_prompt_ids(llm::UserTurn::speech({0, 0}));
+  size_t common = 0;
+  while (common < one.size() && one[common] == two[common]) ++common;
+  return {common - 1, one.size() - common};
+}
+
+struct TurnTimes {
+  double tok_after_turn = 0;   // tokenizer work after end-of-turn
+  double prefill_after_turn = 0;
+  double prefill_during_turn = 0;
+  double llm_before_audio = 0, dec_before_audio = 0;  // after the prefill, until the first audio
+  double llm_total = 0, dec_total = 0;
+  double ttfa = -1;
+  int64_t steps_before_audio = 0, generated = 0, prompt_tokens = 0, speech_tokens = 0;
+  double answer_s = 0;
+};
+
+// One turn in the given schedule. `upstream`: offline tokenizer, one-shot prefill, reference
+// decoder; otherwise streaming tokenizer, prefill while speaking, fast decoder.
+TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_ptr<const speech::TokenizerModel>& tokenizer,
+                   const std::shared_ptr<const llm::LlmModel>& llm_model,
+                   const std::shared_ptr<const voice::DecoderModel>& decoder, int64_t answer_tokens,
+                   int64_t prefill_chunk, int64_t context_tokens) {
+  TurnTimes r;
+  llm::ChatState chat(llm_model, llm::ChatOptions{});  // prompt building only
+  const PromptLayout layout = prompt_layout(chat);
+  const int64_t n_audio_llm = llm_model->tokenizer().n_audio();
+  llm::KvCache cache = llm_model->new_cache();
+  std::vector<int64_t> speech_tokens;
+  at::Tensor logits;
+  Clock::time_point t_turn_end;
+
+  if (upstream) {
+    t_turn_end = Clock::now();  // the whole question is there; nothing ran while it was spoken
+    at::Tensor ids = tokenizer->tokenize(question);
+    for (int64_t i = 0; i < ids.numel(); ++i) speech_tokens.push_back(ids[i].item<int64_t>() % n_audio_llm);
+    r.tok_after_turn = seconds_since(t_turn_end);
+    auto t0 = Clock::now();
+    const auto prompt = chat.build_prompt_ids(llm::UserTurn::speech(speech_tokens));
+    logits = llm_model->forward(prompt, cache);
+    r.prefill_after_turn = seconds_since(t0);
+    r.prompt_tokens = static_cast<int64_t>(prompt.size());
+  } else {
+    // While the user speaks: 20 ms pushes into the streaming tokenizer; the prompt prefix and
+    // then every `prefill_chunk` new speech tokens go into the KV cache.
+    speech::TokenizerState tok_state(tokenizer);
+    size_t prefilled = 0;  // prompt positions in the cache
+    auto prefill_ready = [&](bool all) {
+      if (speech_tokens.empty()) return;
+      const auto prompt = chat.build_prompt_ids(llm::UserTurn::speech(speech_tokens));
+      const size_t ready = all ? prompt.size() : prompt.size() - layout.suffix;
+      if (ready <= prefilled) return;
+      logits = llm_model->forward(std::vector<int64_t>(prompt.begin() + prefilled, prompt.begin() + ready), cache);
+      prefilled = ready;
+      r.prompt_tokens = static_cast<int64_t>(prompt.size());
+    };
+    const float* x = question.data_ptr<float>();
+    size_t last_prefill = 0;
+    for (int64_t i = 0; i < question.numel(); i += 320) {
+      for (int32_t id : tok_state.push(x + i, std::min<int64_t>(320, question.numel() - i))) {
+        speech_tokens.push_back(id % n_audio_llm);
+      }
+      if (speech_tokens.size() >= last_prefill + static_cast<size_t>(prefill_chunk)) {
+        auto t0 = Clock::now();
+        prefill_ready(false);
+        r.prefill_during_turn += seconds_since(t0);
+        last_prefill = speech_tokens.size();
+      }
+    }
+    t_turn_end = Clock::now();
+    for (int32_t id : tok_state.finish()) speech_tokens.push_back(id % n_audio_llm);
+    r.tok_after_turn = seconds_since(t_turn_end);
+    auto t0 = Clock::now();
+    prefill_ready(true);
+    r.prefill_after_turn = seconds_since(t0);
+  }
+
+  // Answer: greedy steps; 13 text / 26 speech routing; decoder pushed token by token.
+  voice::StreamOptions so;
+  if (!upstream) {
+    so.mode = voice::StreamMode::kFast;
+    so.context_tokens = context_tokens;
+  }
+  so.block_sizes = voice::default_block_sizes(so.mode);
+  voice::DecoderState dec(decoder, so);
+  const int64_t n_audio_dec = decoder->vocab_size();
+  int64_t samples = 0;
+  for (int64_t k = 0; k < answer_tokens; ++k) {
+    auto t0 = Clock::now();
+    const int64_t id = logits.argmax().item<int64_t>();
+    if (k + 1 < answer_tokens) logits = llm_model->forward({id}, cache);
+    const double t_llm = seconds_since(t0);
+    r.llm_total += t_llm;
+    if (r.ttfa < 0) r.llm_before_audio += t_llm, ++r.steps_before_audio;
+    ++r.generated;
+    if (k % 39 < 13) continue;
+    const int32_t speech = static_cast<int32_t>(id % n_audio_dec);
+    ++r.speech_tokens;
+    t0 = Clock::now();
+    const at::Tensor audio = dec.push(&speech, 1);
+    const double t_dec = seconds_since(t0);
+    r.dec_total += t_dec;
+    if (r.ttfa < 0) r.dec_before_audio += t_dec;
+    samples += audio.numel();
+    if (audio.numel() > 0 && r.ttfa < 0) r.ttfa = seconds_since(t_turn_end);
+  }
+  auto t0 = Clock::now();
+  const int64_t tail = dec.finish().numel();
+  r.dec_total += seconds_since(t0);
+  if (r.ttfa < 0) r.dec_before_audio += seconds_since(t0);
+  samples += tail;
+  if (r.ttfa < 0 && samples > 0) r.ttfa = seconds_since(t_turn_end);
+  r.answer_s = static_cast<double>(samples) / static_cast<double>(decoder->sample_rate());
+  return r;
+}
+
+void report(const char* name, const TurnTimes& r) {
+  auto share = [&](double t) { return r.ttfa > 0 ? 100.0 * t / r.ttfa : 0.0; };
+  std::printf("%s: end-of-turn -> first answer audio %.1f ms\n", name, r.ttfa * 1e3);
+  std::printf("  tokenizer after the turn %.1f ms (%.0f%%); prefill after the turn %.1f ms (%.0f%%, %lld-token prompt, "
+              "%.1f ms prefilled while speaking)\n",
+              r.tok_after_turn * 1e3, share(r.tok_after_turn), r.prefill_after_turn * 1e3, share(r.prefill_after_turn),
+              static_cast<long long>(r.prompt_tokens), r.prefill_during_turn * 1e3);
+  std::printf("  LLM %lld steps before the first audio %.1f ms (%.0f%%); decoder before the first audio %.1f ms (%.0f%%)\n",
+              static_cast<long long>(r.steps_before_audio), r.llm_before_audio * 1e3, share(r.llm_before_audio),
+              r.dec_before_audio * 1e3, share(r.dec_before_audio));
+  const double compute = r.tok_after_turn + r.prefill_after_turn + r.llm_total + r.dec_total;
+  std::printf("  answer: %lld tokens (%lld speech) -> %.2f s of audio; LLM %.1f ms/token, decoder %.2f s; answer RTF %.3f\n",
+              static_cast<long long>(r.generated), static_cast<long long>(r.speech_tokens), r.answer_s,
+              r.generated ? r.llm_total * 1e3 / r.generated : 0.0, r.dec_total, r.answer_s > 0 ? compute / r.answer_s : 0.0);
+}
+
 }  // namespace
 
 int bench_e2e(int argc, char** argv) {
-  Args args(argc, argv, 2, {"model-output"});
-  args.check_known({"size", "wav", "answer-tokens", "model-output", "threads", "dir"});
+  Args args(argc, argv, 2, {});
+  args.check_known({"size", "schedule", "wav", "question-seconds", "answer-tokens", "prefill-chunk", "context-tokens",
+                    "threads", "dir"});
   const std::string size = args.get("size", "tiny");
+  const std::string schedule = args.get("schedule", "both");
+  if (schedule != "upstream" && schedule != "ours" && schedule != "both") {
+    throw std::runtime_error("--schedule must be upstream, ours or both");
+  }
   const int64_t answer_tokens = args.get_int("answer-tokens", 200);
-  const bool model_output = args.has("model-output");
   at::set_num_threads(static_cast<int>(args.get_int("threads", 1)));
   c10::InferenceMode guard;
 
@@ -96,75 +253,26 @@ int bench_e2e(int argc, char** argv) {
   auto decoder = voice::DecoderModel::load({dirs.decoder, c10::kCPU, c10::kFloat});
   std::printf("e2e %s: models loaded in %.2f s (threads %d)\n", size.c_str(), seconds_since(t_load),
               at::get_num_threads());
+  const at::Tensor question = args.has("wav") ? speech::read_wav_mono16k(args.get("wav"))
+                                              : synthetic_question(args.get_double("question-seconds", 5.0));
+  std::printf("question: %.2f s; answer: %lld tokens, 13 text / 26 speech routing\n",
+              static_cast<double>(question.numel()) / 16000.0, static_cast<long long>(answer_tokens));
+  const int64_t chunk = args.get_int("prefill-chunk", 13);
+  const int64_t context = args.get_int("context-tokens", voice::kDefaultContextTokens);
 
-  const at::Tensor question = args.has("wav") ? speech::read_wav_mono16k(args.get("wav")) : synthetic_question(3.0);
-  const double question_s = static_cast<double>(question.numel()) / 16000.0;
-
-  // 1. tokenizer, streamed in 20 ms pushes as the element gets them from a live source
-  speech::TokenizerState tok_state(tokenizer);
-  std::vector<int64_t> speech_tokens;
-  const float* x = question.data_ptr<float>();
-  auto t0 = Clock::now();
-  for (int64_t i = 0; i < question.numel(); i += 320) {
-    for (int32_t id : tok_state.push(x + i, std::min<int64_t>(320, question.numel() - i))) speech_tokens.push_back(id);
+  // Warm-up (first-call allocations and kernel selection), then the measured turns.
+  run_turn(false, question.slice(0, 0, std::min<int64_t>(question.numel(), 16000)), tokenizer, llm_model, decoder,
+           std::min<int64_t>(answer_tokens, 30), chunk, context);
+  TurnTimes up, ours;
+  if (schedule != "ours") {
+    up = run_turn(true, question, tokenizer, llm_model, decoder, answer_tokens, chunk, context);
+    report("upstream", up);
   }
-  const double tok_stream_s = seconds_since(t0);
-  auto t_turn_end = Clock::now();  // end-of-turn
-  for (int32_t id : tok_state.finish()) speech_tokens.push_back(id);
-  const double tok_finish_s = seconds_since(t_turn_end);
-
-  // 2. LLM turn + 3. decoder, interleaved token by token as in the pipeline
-  llm::ChatOptions chat_options;
-  chat_options.max_new_tokens = answer_tokens;
-  llm::ChatState chat(llm_model, chat_options);
-  const int64_t n_audio_llm = llm_model->tokenizer().n_audio();
-  for (auto& s : speech_tokens) s %= n_audio_llm;
-  voice::DecoderState dec_state(decoder);
-  const int64_t n_audio_dec = decoder->vocab_size();
-
-  auto t_prefill = Clock::now();
-  chat.begin_turn(llm::UserTurn::speech(speech_tokens));
-  double prefill_s = 0, llm_s = 0, dec_s = 0, first_audio_s = -1;
-  int64_t generated = 0, answer_speech = 0, samples = 0;
-  for (int64_t k = 0;; ++k) {
-    auto t_step = Clock::now();
-    const llm::ChatEvent ev = chat.step();
-    const double step_s = seconds_since(t_step);
-    if (k == 0) prefill_s = seconds_since(t_prefill); else llm_s += step_s;
-    if (ev.kind == llm::ChatEvent::kEnd) break;
-    ++generated;
-    int32_t speech = -1;
-    if (model_output) {
-      if (ev.kind == llm::ChatEvent::kAudio) speech = static_cast<int32_t>(ev.speech_token % n_audio_dec);
-    } else if (k % 39 >= 13) {
-      speech = static_cast<int32_t>(ev.token_id % n_audio_dec);
-    }
-    if (speech < 0) continue;
-    ++answer_speech;
-    auto t_dec = Clock::now();
-    const at::Tensor audio = dec_state.push(&speech, 1);
-    dec_s += seconds_since(t_dec);
-    samples += audio.numel();
-    if (audio.numel() > 0 && first_audio_s < 0) first_audio_s = seconds_since(t_turn_end);
+  if (schedule != "upstream") {
+    ours = run_turn(false, question, tokenizer, llm_model, decoder, answer_tokens, chunk, context);
+    report("ours", ours);
   }
-  auto t_dec = Clock::now();
-  samples += dec_state.finish().numel();
-  dec_s += seconds_since(t_dec);
-  if (first_audio_s < 0 && samples > 0) first_audio_s = seconds_since(t_turn_end);
-  const double answer_s = static_cast<double>(samples) / static_cast<double>(decoder->sample_rate());
-  const double compute_s = tok_finish_s + prefill_s + llm_s + dec_s;
-
-  std::printf("  question: %.2f s -> %zu speech tokens; tokenizer streaming RTF %.3f, end-of-turn flush %.1f ms\n",
-              question_s, speech_tokens.size(), tok_stream_s / question_s, tok_finish_s * 1e3);
-  std::printf("  llm: prompt %zu tokens, prefill %.1f ms; %lld answer tokens, decode %.2f ms/token (%.1f tokens/s)\n",
-              chat.prompt_ids().size(), prefill_s * 1e3, static_cast<long long>(generated),
-              generated > 1 ? llm_s * 1e3 / (generated - 1) : 0.0, generated > 1 ? (generated - 1) / llm_s : 0.0);
-  std::printf("  decoder: %lld speech tokens -> %.2f s of audio, %.1f ms compute (RTF %.3f)\n",
-              static_cast<long long>(answer_speech), answer_s, dec_s * 1e3, answer_s > 0 ? dec_s / answer_s : 0.0);
-  std::printf("  end-of-turn -> first answer audio: %.1f ms%s\n", first_audio_s * 1e3,
-              model_output ? "" : " (13 text / 26 speech routing)");
-  std::printf("  answer RTF (tokenizer flush + LLM + decoder compute / answer audio): %.3f\n",
-              answer_s > 0 ? compute_s / answer_s : 0.0);
+  if (schedule == "both" && ours.ttfa > 0) std::printf("ttfa ratio upstream/ours: %.2f\n", up.ttfa / ours.ttfa);
   return 0;
 }
 
