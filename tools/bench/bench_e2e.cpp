@@ -14,8 +14,8 @@
 //             speech tokens every --prefill-chunk tokens as they arrive; only the rest and the
 //             assistant header after the turn), the fast decoder (first block 10 tokens,
 //             bounded prompt window).
-// Prefill while speaking uses LlmModel::forward on a KvCache chunk by chunk (the same calls a
-// chunked-prefill API makes); both schedules then step the LLM greedily with the same loop.
+// Prefill while speaking is ChatState::prefill_partial; both schedules then step the same
+// ChatState loop (sampling as the element: temperature 0.2, top-p 0.8).
 //
 // Sizes (random weights written once into DIR, default /tmp/glmvoice-bench-e2e/<size>):
 //   tiny  tokenizer mk-a, LLM tiny, decoder tiny (the test models)
@@ -40,7 +40,6 @@
 #include "../cli/args.h"
 #include "bench.h"
 #include "llm/chat.h"
-#include "llm/chatglm_model.h"
 #include "llm/tiny_model.h"
 #include "speech/tiny_model.h"
 #include "speech/tokenizer_model.h"
@@ -91,20 +90,6 @@ Dirs ensure_models(const std::string& size, const std::string& root) {
   return d;
 }
 
-// Prompt layout of a speech turn: prefix (history, system, <|user|>\n), the speech ids, the
-// suffix (<|assistant|>streaming_transcription\n); found by comparing two prompts.
-struct PromptLayout {
-  size_t prefix = 0, suffix = 0;
-};
-
-PromptLayout prompt_layout(const llm::ChatState& chat) {
-  const auto one = chat.build_prompt_ids(llm::UserTurn::speech({0}));
-  const auto two = chat.build_prompt_ids(llm::UserTurn::speech({0, 0}));
-  size_t common = 0;
-  while (common < one.size() && one[common] == two[common]) ++common;
-  return {common - 1, one.size() - common};
-}
-
 struct TurnTimes {
   double tok_after_turn = 0;   // tokenizer work after end-of-turn
   double prefill_after_turn = 0;
@@ -123,12 +108,11 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
                    const std::shared_ptr<const voice::DecoderModel>& decoder, int64_t answer_tokens,
                    int64_t prefill_chunk, int64_t context_tokens) {
   TurnTimes r;
-  llm::ChatState chat(llm_model, llm::ChatOptions{});  // prompt building only
-  const PromptLayout layout = prompt_layout(chat);
+  llm::ChatOptions chat_options;
+  chat_options.max_new_tokens = answer_tokens;
+  llm::ChatState chat(llm_model, chat_options);
   const int64_t n_audio_llm = llm_model->tokenizer().n_audio();
-  llm::KvCache cache = llm_model->new_cache();
   std::vector<int64_t> speech_tokens;
-  at::Tensor logits;
   Clock::time_point t_turn_end;
 
   if (upstream) {
@@ -136,25 +120,10 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
     at::Tensor ids = tokenizer->tokenize(question);
     for (int64_t i = 0; i < ids.numel(); ++i) speech_tokens.push_back(ids[i].item<int64_t>() % n_audio_llm);
     r.tok_after_turn = seconds_since(t_turn_end);
-    auto t0 = Clock::now();
-    const auto prompt = chat.build_prompt_ids(llm::UserTurn::speech(speech_tokens));
-    logits = llm_model->forward(prompt, cache);
-    r.prefill_after_turn = seconds_since(t0);
-    r.prompt_tokens = static_cast<int64_t>(prompt.size());
   } else {
-    // While the user speaks: 20 ms pushes into the streaming tokenizer; the prompt prefix and
-    // then every `prefill_chunk` new speech tokens go into the KV cache.
+    // While the user speaks: 20 ms pushes into the streaming tokenizer; every `prefill_chunk`
+    // new speech tokens, the prompt heard so far goes into the KV cache (ChatState::prefill_partial).
     speech::TokenizerState tok_state(tokenizer);
-    size_t prefilled = 0;  // prompt positions in the cache
-    auto prefill_ready = [&](bool all) {
-      if (speech_tokens.empty()) return;
-      const auto prompt = chat.build_prompt_ids(llm::UserTurn::speech(speech_tokens));
-      const size_t ready = all ? prompt.size() : prompt.size() - layout.suffix;
-      if (ready <= prefilled) return;
-      logits = llm_model->forward(std::vector<int64_t>(prompt.begin() + prefilled, prompt.begin() + ready), cache);
-      prefilled = ready;
-      r.prompt_tokens = static_cast<int64_t>(prompt.size());
-    };
     const float* x = question.data_ptr<float>();
     size_t last_prefill = 0;
     for (int64_t i = 0; i < question.numel(); i += 320) {
@@ -163,7 +132,7 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
       }
       if (speech_tokens.size() >= last_prefill + static_cast<size_t>(prefill_chunk)) {
         auto t0 = Clock::now();
-        prefill_ready(false);
+        chat.prefill_partial(llm::UserTurn::speech(speech_tokens));
         r.prefill_during_turn += seconds_since(t0);
         last_prefill = speech_tokens.size();
       }
@@ -171,12 +140,11 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
     t_turn_end = Clock::now();
     for (int32_t id : tok_state.finish()) speech_tokens.push_back(id % n_audio_llm);
     r.tok_after_turn = seconds_since(t_turn_end);
-    auto t0 = Clock::now();
-    prefill_ready(true);
-    r.prefill_after_turn = seconds_since(t0);
   }
+  r.prompt_tokens = static_cast<int64_t>(chat.begin_turn(llm::UserTurn::speech(speech_tokens)).size());
 
-  // Answer: greedy steps; 13 text / 26 speech routing; decoder pushed token by token.
+  // Answer: the first step() runs the (rest of the) prefill; 13 text / 26 speech routing; the
+  // decoder gets each speech token as it comes, on the same thread (as the demo's loop).
   voice::StreamOptions so;
   if (!upstream) {
     so.mode = voice::StreamMode::kFast;
@@ -186,16 +154,20 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
   voice::DecoderState dec(decoder, so);
   const int64_t n_audio_dec = decoder->vocab_size();
   int64_t samples = 0;
-  for (int64_t k = 0; k < answer_tokens; ++k) {
+  for (int64_t k = 0;; ++k) {
     auto t0 = Clock::now();
-    const int64_t id = logits.argmax().item<int64_t>();
-    if (k + 1 < answer_tokens) logits = llm_model->forward({id}, cache);
-    const double t_llm = seconds_since(t0);
-    r.llm_total += t_llm;
-    if (r.ttfa < 0) r.llm_before_audio += t_llm, ++r.steps_before_audio;
+    const llm::ChatEvent ev = chat.step();
+    const double t_step = seconds_since(t0);
+    if (k == 0) {
+      r.prefill_after_turn = t_step;  // prefill + the first token
+    } else {
+      r.llm_total += t_step;
+      if (r.ttfa < 0) r.llm_before_audio += t_step, ++r.steps_before_audio;
+    }
+    if (ev.kind == llm::ChatEvent::kEnd) break;
     ++r.generated;
     if (k % 39 < 13) continue;
-    const int32_t speech = static_cast<int32_t>(id % n_audio_dec);
+    const int32_t speech = static_cast<int32_t>(ev.token_id % n_audio_dec);
     ++r.speech_tokens;
     t0 = Clock::now();
     const at::Tensor audio = dec.push(&speech, 1);
@@ -218,8 +190,8 @@ TurnTimes run_turn(bool upstream, const at::Tensor& question, const std::shared_
 void report(const char* name, const TurnTimes& r) {
   auto share = [&](double t) { return r.ttfa > 0 ? 100.0 * t / r.ttfa : 0.0; };
   std::printf("%s: end-of-turn -> first answer audio %.1f ms\n", name, r.ttfa * 1e3);
-  std::printf("  tokenizer after the turn %.1f ms (%.0f%%); prefill after the turn %.1f ms (%.0f%%, %lld-token prompt, "
-              "%.1f ms prefilled while speaking)\n",
+  std::printf("  tokenizer after the turn %.1f ms (%.0f%%); prefill after the turn + first token %.1f ms (%.0f%%, "
+              "%lld-token prompt, %.1f ms prefilled while speaking)\n",
               r.tok_after_turn * 1e3, share(r.tok_after_turn), r.prefill_after_turn * 1e3, share(r.prefill_after_turn),
               static_cast<long long>(r.prompt_tokens), r.prefill_during_turn * 1e3);
   std::printf("  LLM %lld steps before the first audio %.1f ms (%.0f%%); decoder before the first audio %.1f ms (%.0f%%)\n",
