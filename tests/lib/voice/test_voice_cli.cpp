@@ -78,19 +78,19 @@ TEST(VoiceCli, test_decode_stream) {
 }
 
 TEST(VoiceCli, test_decode_stream_modes) {
-  // --mode fast: as many samples as offline (100 tokens: mel_len 689 x 256); reference: the
-  // spec §5.2 schedule's count (one frame less from the third call); a bad mode is an error
-  // naming the option.
+  // 40 tokens in blocks of 10: --mode fast gives as many samples as offline (mel_len 275 x
+  // 256); the reference schedule drops a frame per call from the third; a bad mode is an
+  // error naming the option.
   const std::string dir = glmvoice::test::scratch_dir("cli-modes");
-  glmvoice::io::write_npy(dir + "/ids.npy", at::remainder(at::arange(100, at::kInt), 64).to(at::kInt));
+  glmvoice::io::write_npy(dir + "/ids.npy", at::arange(40, at::kInt));
   const std::string common = "decode --model " + glmvoice::test::tiny_model_dir("decoder") + " " + dir +
-                             "/ids.npy --n-timesteps 1 --cfg-rate 0 --stream ";
+                             "/ids.npy --n-timesteps 1 --cfg-rate 0 --stream --block-sizes 10 ";
   Result r = run(common + "--mode fast --context-tokens 20 -o " + dir + "/fast.npy");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_EQ(glmvoice::io::read_npy(dir + "/fast.npy").numel(), 689 * 256);
+  EXPECT_EQ(glmvoice::io::read_npy(dir + "/fast.npy").numel(), 275 * 256);
   r = run(common + "--mode reference -o " + dir + "/ref.npy");
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_EQ(glmvoice::io::read_npy(dir + "/ref.npy").numel(), 176128);
+  EXPECT_EQ(glmvoice::io::read_npy(dir + "/ref.npy").numel(), (275 - 2) * 256);
   r = run(common + "--mode quick -o " + dir + "/x.npy");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--mode"), std::string::npos) << r.output;
