@@ -139,6 +139,7 @@ def main():
 
         # 20 sessions opened and closed, some mid-negotiation, some before starting.
         opened_before = server.stats()["sessions_opened"]
+        rss_before = server.rss_kib()
         for i in range(SESSIONS):
             ws, _ = connect(server)
             if i % 4 != 3:
@@ -150,6 +151,7 @@ def main():
         check(state["sessions_opened"] - opened_before == SESSIONS and state["sessions_opened"] == state["sessions_closed"],
               f"{SESSIONS} sessions opened and closed: {state}")
         check(server.alive(), "server still running")
+        print(f"info: server RSS {rss_before} KiB before the {SESSIONS} sessions, {server.rss_kib()} KiB after")
         ended = wait_for("a log line per ended session", lambda: (lambda e: len(e) == state["sessions_closed"] and e)(
             [line for line in server.log if ": ended: " in line]), 10)
         check(len(ended) == state["sessions_closed"] and all(line.split(": ended: ")[1].strip() for line in ended),

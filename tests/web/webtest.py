@@ -85,6 +85,14 @@ class Server:
         state = wait_for("the models to load", lambda: self.stats()["models"] in ("ready", "failed") and self.stats(), timeout)
         assert state["models"] == "ready", f"models: {state}"
 
+    def rss_kib(self):
+        """Resident memory of the server (informational: printed, not asserted)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            return -1
+
     def alive(self):
         return self.proc.poll() is None
 
