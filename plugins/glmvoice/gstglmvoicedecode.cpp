@@ -97,6 +97,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_decode_debug);
 #define DEFAULT_N_TIMESTEPS 10                  /* flow.py n_timesteps=10 */
 #define DEFAULT_CFG_RATE -1.0                   /* < 0: inference_cfg_rate from config.yaml */
 #define DEFAULT_FLUSH_ON_INTERRUPT TRUE
+#define DEFAULT_MODE glmvoice::voice::StreamMode::kReference /* upstream's schedule, exact */
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-decoder"
 /* Tokens the sink pad queues for the decoding task before it blocks upstream (80 s of speech:
@@ -117,6 +118,8 @@ enum {
   PROP_CFG_RATE,
   PROP_LATENCY,
   PROP_FLUSH_ON_INTERRUPT,
+  PROP_MODE,
+  PROP_CONTEXT_TOKENS,
 };
 
 #define SRC_CAPS "audio/x-raw, format=(string)F32LE, rate=(int)[1, MAX], channels=(int)1, layout=(string)interleaved"
@@ -148,6 +151,9 @@ struct GstGlmVoiceDecodeImpl {
   gint n_timesteps = DEFAULT_N_TIMESTEPS;
   gdouble cfg_rate = DEFAULT_CFG_RATE;
   gboolean flush_on_interrupt = DEFAULT_FLUSH_ON_INTERRUPT;
+  glmvoice::voice::StreamMode mode = DEFAULT_MODE;
+  gint context_tokens = glmvoice::voice::kDefaultContextTokens;
+  bool block_sizes_set = false;  // block-sizes given: a mode change keeps it
   GstClockTime pipeline_latency = GST_CLOCK_TIME_NONE;  // from the LATENCY event (object lock)
 
   // Set at NULL->READY, dropped at READY->NULL (object lock for readers outside streaming).
@@ -206,6 +212,21 @@ struct GstGlmVoiceDecodeImpl {
 };
 
 // What a response waits for before its first audio: the first block plus the one-token lag.
+/* GstGlmVoiceDecodeMode: the lib's StreamMode as a GEnum. */
+static GType gst_glm_voice_decode_mode_get_type() {
+  static gsize type = 0;
+  if (g_once_init_enter(&type)) {
+    static const GEnumValue values[] = {
+        {static_cast<gint>(glmvoice::voice::StreamMode::kReference),
+         "Upstream's schedule: the whole answer so far is the flow prompt of every block (exact)", "reference"},
+        {static_cast<gint>(glmvoice::voice::StreamMode::kFast),
+         "Bounded prompt (context-tokens): each block costs O(block + window), output as long as offline", "fast"},
+        {0, nullptr, nullptr}};
+    g_once_init_leave(&type, g_enum_register_static("GstGlmVoiceDecodeMode", values));
+  }
+  return static_cast<GType>(type);
+}
+
 static GstClockTime first_block_delay(const std::vector<int64_t>& block_sizes) {
   return static_cast<GstClockTime>(block_sizes.front() + 1) * GST_GLM_VOICE_TOKEN_DURATION;
 }
@@ -290,6 +311,26 @@ static void gst_glm_voice_decode_class_init(GstGlmVoiceDecodeClass* klass) {
       g_param_spec_double("cfg-rate", "CFG rate", "Classifier-free guidance weight (< 0: from config)", -1.0,
                           100.0, DEFAULT_CFG_RATE, per_response));
   /**
+   * GstGlmVoiceDecode:mode:
+   * reference (default): upstream's schedule, every block re-encodes the whole answer so far
+   * (cost grows with the square of the answer). fast: the flow prompt is the last
+   * context-tokens tokens; output as long as the offline decode; block-sizes defaults to
+   * 10,25,50 unless set. Applies from the next response. See the README, "Fast streaming decoder".
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_MODE,
+      g_param_spec_enum("mode", "Mode", "Streaming schedule: reference (exact, upstream) or fast (bounded prompt)",
+                        gst_glm_voice_decode_mode_get_type(), static_cast<gint>(DEFAULT_MODE), per_response));
+  /**
+   * GstGlmVoiceDecode:context-tokens:
+   * mode=fast: tokens of earlier audio given to the flow as prompt (with their mel).
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_CONTEXT_TOKENS,
+      g_param_spec_int("context-tokens", "Context tokens", "mode=fast: prompt window in tokens",
+                       static_cast<gint>(glmvoice::voice::kMinContextTokens), 100000,
+                       static_cast<gint>(glmvoice::voice::kDefaultContextTokens), per_response));
+  /**
    * GstGlmVoiceDecode:latency:
    * Latency budget in nanoseconds; 0 = automatic: (block-sizes[0] + 1) x 80 ms + the
    * largest measured first-block decode time.
@@ -354,8 +395,9 @@ static void gst_glm_voice_decode_set_property(GObject* object, guint prop_id, co
     case PROP_BLOCK_SIZES: {
       const gchar* s = g_value_get_string(value);
       try {
-        impl->block_sizes = glmvoice::voice::parse_block_sizes(s ? s : DEFAULT_BLOCK_SIZES);
+        impl->block_sizes = s ? glmvoice::voice::parse_block_sizes(s) : glmvoice::voice::default_block_sizes(impl->mode);
         impl->block_sizes_error.clear();
+        impl->block_sizes_set = s != nullptr;
       } catch (const glmvoice::Error& e) {
         // An error, not a fallback: the next State (READY->PAUSED or the next response)
         // fails with RESOURCE/SETTINGS naming the value.
@@ -375,6 +417,13 @@ static void gst_glm_voice_decode_set_property(GObject* object, guint prop_id, co
     case PROP_FLUSH_ON_INTERRUPT:
       impl->flush_on_interrupt = g_value_get_boolean(value);
       break;
+    case PROP_MODE:
+      impl->mode = static_cast<glmvoice::voice::StreamMode>(g_value_get_enum(value));
+      if (!impl->block_sizes_set) impl->block_sizes = glmvoice::voice::default_block_sizes(impl->mode);
+      break;
+    case PROP_CONTEXT_TOKENS:
+      impl->context_tokens = g_value_get_int(value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -382,7 +431,7 @@ static void gst_glm_voice_decode_set_property(GObject* object, guint prop_id, co
   const GstClockTime first_block = first_block_delay(impl->block_sizes);
   const std::string bad_blocks = impl->block_sizes_error;
   GST_OBJECT_UNLOCK(self);
-  if (prop_id == PROP_BLOCK_SIZES) {
+  if (prop_id == PROP_BLOCK_SIZES || prop_id == PROP_MODE) {
     if (!bad_blocks.empty()) g_warning("%s: block-sizes: %s", GST_OBJECT_NAME(self), bad_blocks.c_str());
     impl->latency.set_inherent(GST_ELEMENT(self), first_block);
     gst_element_post_message(GST_ELEMENT(self), gst_message_new_latency(GST_OBJECT(self)));
@@ -412,6 +461,12 @@ static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GV
       break;
     case PROP_FLUSH_ON_INTERRUPT:
       g_value_set_boolean(value, impl->flush_on_interrupt);
+      break;
+    case PROP_MODE:
+      g_value_set_enum(value, static_cast<gint>(impl->mode));
+      break;
+    case PROP_CONTEXT_TOKENS:
+      g_value_set_int(value, impl->context_tokens);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
@@ -452,6 +507,8 @@ static void make_state(GstGlmVoiceDecode* self) {
   so.seed = impl->seed;
   so.n_timesteps = impl->n_timesteps;
   so.cfg_rate = impl->cfg_rate;
+  so.mode = impl->mode;
+  so.context_tokens = impl->context_tokens;
   auto model = impl->model;
   GST_OBJECT_UNLOCK(self);
   impl->state = std::make_unique<glmvoice::voice::DecoderState>(model, so);

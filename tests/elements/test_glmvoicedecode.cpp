@@ -342,6 +342,30 @@ TEST(GlmVoiceDecode, test_properties) {
   gst_object_unref(e);
 }
 
+TEST(GlmVoiceDecode, test_mode_property_switches_decoder) {
+  // 40 tokens in blocks of 10: mode=reference drops a frame per call from the third (spec
+  // §5.2), mode=fast gives the offline length (mel_len(40) = 275 frames x 256).
+  const std::vector<int32_t> ids = random_ids(40, 9);
+  const std::string blocks = std::string(kFast) + " block-sizes=10";
+  Harness ref(blocks), fast(blocks + " mode=fast context-tokens=20");
+  ASSERT_EQ(ref.push_one_by_one(ids), GST_FLOW_OK);
+  ref.end_of_response();
+  ASSERT_EQ(fast.push_one_by_one(ids), GST_FLOW_OK);
+  fast.end_of_response();
+  EXPECT_EQ(ref.pull_all().size(), (275u - 2u) * 256u);
+  EXPECT_EQ(fast.pull_all().size(), 275u * 256u);
+  // Without block-sizes, the mode picks its default schedule.
+  GstElement* e = gst_element_factory_make("glmvoicedecode", nullptr);
+  gchar* sizes = nullptr;
+  g_object_set(e, "mode", 1, nullptr);
+  gint context = 0;
+  g_object_get(e, "block-sizes", &sizes, "context-tokens", &context, nullptr);
+  EXPECT_STREQ(sizes, "10,25,50");
+  EXPECT_EQ(context, 50);
+  g_free(sizes);
+  gst_object_unref(e);
+}
+
 TEST(GlmVoiceDecode, test_missing_model_posts_error) {
   GstElement* e = gst_element_factory_make("glmvoicedecode", nullptr);
   ASSERT_NE(e, nullptr);
