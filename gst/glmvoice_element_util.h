@@ -31,6 +31,9 @@ void post_error(GstElement* element, const char* what, std::exception_ptr error,
 
 }  // namespace glmvoice::gst
 
+// The caller's file, function and line, for the helpers that post on an element's behalf.
+#define GLMVOICE_HERE ::glmvoice::gst::SourceLocation{__FILE__, GST_FUNCTION, __LINE__}
+
 // post_error() with the caller's file, function and line (use this in elements):
 //   GLMVOICE_ELEMENT_ERROR(self, "Language model failed", std::current_exception());
 #define GLMVOICE_ELEMENT_ERROR(element, what, error)                        \
@@ -54,12 +57,14 @@ void post_load_progress(GstElement* element, GstProgressType type, const std::st
 // The NULL->READY model load every element does: options from its property values, the
 // shared copy from the model cache (or Model::load), progress START then COMPLETE. On failure
 // posts progress ERROR and the element error "Could not load the <what>: <file: key: reason>"
-// and returns nullptr. Runs on the state-change thread, never a streaming thread.
+// and returns nullptr. Runs on the state-change thread, never a streaming thread. `where`:
+// the element's call site (GLMVOICE_HERE), named as the error's debug location.
 template <class Model>
 std::shared_ptr<const Model> load_shared_model(GstElement* element, const std::string& kind,
                                                const std::string& what, const std::string& path,
                                                const std::string& subdir, const std::string& device,
-                                               const std::string& dtype) {
+                                               const std::string& dtype,
+                                               SourceLocation where = GLMVOICE_HERE) {
   post_load_progress(element, GST_PROGRESS_TYPE_START, "Loading the " + what);
   try {
     const ModelOptions options = make_model_options(path, subdir, device, dtype);
@@ -69,7 +74,7 @@ std::shared_ptr<const Model> load_shared_model(GstElement* element, const std::s
   } catch (...) {
     const std::string failed = "Could not load the " + what;
     post_load_progress(element, GST_PROGRESS_TYPE_ERROR, failed);
-    post_error(element, failed.c_str(), std::current_exception());
+    post_error(element, failed.c_str(), std::current_exception(), where);
     return nullptr;
   }
 }

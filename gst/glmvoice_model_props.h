@@ -62,12 +62,14 @@ class ModelProperties {
   // The NULL->READY load (see load_shared_model): settings copied under the object lock,
   // the shared copy from the model cache. nullptr after posting the error. Remembers the
   // options in use so that `device` reads back an automatic choice.
+  // `where`: the element's call site (GLMVOICE_HERE) for the error's debug location.
   template <class Model>
-  std::shared_ptr<const Model> load(GstElement* element, const std::string& kind, const std::string& what) {
+  std::shared_ptr<const Model> load(GstElement* element, const std::string& kind, const std::string& what,
+                                    SourceLocation where = GLMVOICE_HERE) {
     GST_OBJECT_LOCK(element);
     const std::string path = path_, device = device_, dtype = dtype_nick(dtype_);
     GST_OBJECT_UNLOCK(element);
-    auto model = load_shared_model<Model>(element, kind, what, path, subdir_, device, dtype);
+    auto model = load_shared_model<Model>(element, kind, what, path, subdir_, device, dtype, where);
     if (model) {
       GST_OBJECT_LOCK(element);
       loaded_ = model->options();

@@ -441,7 +441,8 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
 
 static gboolean load_model(GstGlmVoiceLlm* self) {
   GstGlmVoiceLlmImpl* impl = self->impl;
-  auto model = impl->model_props.load<glmvoice::llm::LlmModel>(GST_ELEMENT(self), "llm", "language model");
+  auto model =
+      impl->model_props.load<glmvoice::llm::LlmModel>(GST_ELEMENT(self), "llm", "language model", GLMVOICE_HERE);
   if (!model) return FALSE;
   if (model->tokenizer().n_audio() <= 0) {
     GLMVOICE_ELEMENT_ERROR(self, "Could not load the language model",

@@ -351,7 +351,9 @@ TEST(GlmVoiceLlm, test_missing_model_posts_error) {
   GstBus* bus = gst_bus_new();
   gst_element_set_bus(e, bus);
   EXPECT_EQ(gst_element_set_state(e, GST_STATE_READY), GST_STATE_CHANGE_FAILURE);
-  EXPECT_TRUE(wait_error(bus, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND));
+  std::string debug;
+  EXPECT_TRUE(wait_error(bus, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_NOT_FOUND, &debug));
+  EXPECT_NE(debug.find("gstglmvoicellm.cpp"), std::string::npos) << "names the element's call site: " << debug;
   gst_element_set_state(e, GST_STATE_NULL);
   gst_element_set_bus(e, nullptr);
   gst_object_unref(bus);
