@@ -130,10 +130,12 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   gst_init(&argc, &argv);
+  int status = 1;
   try {
-    return run(argc, argv);
+    status = run(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "glmvoice-web: %s\n", e.what());
   }
-  return 1;
+  gst_deinit();  // GST_TRACERS=leaks reports what is left here
+  return status;
 }

@@ -260,9 +260,11 @@ void Session::start() {
   GstPromise* promise = gst_promise_new_with_change_func(
       +[](GstPromise* promise, gpointer data) {
         if (auto s = Weak::lock(data)) s->send_offer(promise);
-        gst_promise_unref(promise);
       }, Weak::make(self), &Weak::free);
+  // webrtcbin keeps its own reference until it replies, or drops the task at shutdown; ours
+  // goes now, so a promise that is never answered is still freed.
   g_signal_emit_by_name(webrtc_, "create-offer", nullptr, promise);
+  gst_promise_unref(promise);
 }
 
 // webrtcbin's thread.
@@ -323,7 +325,6 @@ void Session::set_remote_answer(const std::string& sdp_text) {
           if (e) g_error_free(e);
         }
         auto weak = static_cast<Weak*>(data)->session;
-        gst_promise_unref(promise);
         run_on_main([weak, error] {
           auto s = weak.lock();
           if (!s || s->closed_flag_) return;
@@ -336,6 +337,7 @@ void Session::set_remote_answer(const std::string& sdp_text) {
         });
       }, Weak::make(shared_from_this()), &Weak::free);
   g_signal_emit_by_name(webrtc_, "set-remote-description", answer, promise);
+  gst_promise_unref(promise);  // webrtcbin holds its own until it replies
   gst_webrtc_session_description_free(answer);
 }
 
