@@ -301,14 +301,15 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
 
   /**
    * GstGlmVoiceLlm:text-segments:
-   * FALSE: push every completed character run as soon as its token is sampled. TRUE: push
-   * the text of a whole segment (the ~13 tokens between two runs of speech tokens) when the
-   * next speech token arrives (spec llm.md §6.6).
+   * FALSE: push every completed character run as soon as its token is sampled (PTS: where
+   * its speech starts, no duration). TRUE: push the text of a whole segment (the ~13 tokens
+   * between two runs of speech tokens, spec llm.md §6.6) once the speech run after it is
+   * complete, with that run's PTS and duration (subtitles).
    */
   g_object_class_install_property(gobject_class, PROP_TEXT_SEGMENTS,
                                   g_param_spec_boolean("text-segments", "Text segments",
-                                                       "Push text per segment (at the next speech token) "
-                                                       "instead of per token",
+                                                       "Push text per segment, with the PTS and duration of "
+                                                       "the speech that follows it, instead of per token",
                                                        DEFAULT_TEXT_SEGMENTS, playing));
 
   /**
