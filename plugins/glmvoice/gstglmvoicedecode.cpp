@@ -798,12 +798,24 @@ static GstFlowReturn process_tokens(GstGlmVoiceDecode* self, QueueItem& item) {
     impl->in_response = true;
     impl->token_anchor = item.pts;
   }
-  const at::Tensor audio = decode_tokens(self, item.ids);
-  if (response_abandoned(impl)) {
-    GST_DEBUG_OBJECT(self, "dropping the audio of an interrupted response");
-    return GST_FLOW_OK;
+  // Token by token, as they would arrive from the LLM: each block's audio goes out as soon
+  // as it is decoded (a long buffer of tokens does not become one long wait), and a flush or
+  // a barge-in is noticed between blocks.
+  for (int32_t id : item.ids) {
+    const at::Tensor audio = decode_tokens(self, std::vector<int32_t>{id});
+    if (audio.numel() == 0) continue;
+    {
+      std::lock_guard<std::mutex> lk(impl->lock);
+      if (impl->flushing) return GST_FLOW_FLUSHING;
+      if (impl->abandon_response) {
+        GST_DEBUG_OBJECT(self, "dropping the audio of an interrupted response");
+        return GST_FLOW_OK;
+      }
+    }
+    const GstFlowReturn ret = push_audio(self, audio);
+    if (ret != GST_FLOW_OK) return ret;
   }
-  return push_audio(self, audio);
+  return GST_FLOW_OK;
 }
 
 static void gst_glm_voice_decode_loop(GstGlmVoiceDecode* self) {

@@ -9,9 +9,13 @@
 
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -64,13 +68,15 @@ std::vector<float> lib_stream(const std::vector<int32_t>& ids) {
 
 struct Harness {
   GstHarness* h = nullptr;
+  GstElement* dec = nullptr;  // the glmvoicedecode inside the harness bin
   GstBus* bus = nullptr;
   glmvoice::test::Recorder recorder;
   GstClockTime next_pts = 0;
 
   explicit Harness(const std::string& props = kFast, const char* caps = kTokenCaps) {
-    const std::string launch = "glmvoicedecode model-path=\"" + model_dir() + "\" device=cpu " + props;
+    const std::string launch = "glmvoicedecode name=dec model-path=\"" + model_dir() + "\" device=cpu " + props;
     h = gst_harness_new_parse(launch.c_str());
+    dec = gst_bin_get_by_name(GST_BIN(h->element), "dec");
     bus = gst_bus_new();
     gst_element_set_bus(h->element, bus);
     GstPad* src = gst_element_get_static_pad(h->element, "src");
@@ -80,6 +86,9 @@ struct Harness {
     gst_harness_set_src_caps_str(h, caps);
   }
   ~Harness() {
+    // messages left on the bus hold their sources: drop them, or bin -> bus -> message -> bin
+    gst_bus_set_flushing(bus, TRUE);
+    gst_object_unref(dec);
     gst_harness_teardown(h);
     gst_object_unref(bus);
   }
@@ -449,4 +458,319 @@ TEST(GlmVoiceDecode, test_pipeline_writes_wav) {
   EXPECT_EQ(data_size, 2 * want) << "16-bit mono samples";
 }
 
+
+/* ---- GAP, barge-in, threads, segments, properties ------------------------------------------ */
+
+// Pulls events out of the harness until one named `what`; returns their names and timestamps
+// (GAP start) in order, `what` included.
+std::vector<std::pair<std::string, GstClockTime>> events_until(Harness& t, const std::string& what) {
+  std::vector<std::pair<std::string, GstClockTime>> out;
+  while (GstEvent* e = gst_harness_pull_event(t.h)) {
+    GstClockTime ts = GST_CLOCK_TIME_NONE, duration;
+    if (GST_EVENT_TYPE(e) == GST_EVENT_GAP) gst_event_parse_gap(e, &ts, &duration);
+    out.emplace_back(Harness::event_name(e), ts);
+    gst_event_unref(e);
+    if (out.back().first == what) break;
+  }
+  return out;
+}
+
+size_t count_named(const std::vector<std::pair<std::string, GstClockTime>>& events, const std::string& name) {
+  return static_cast<size_t>(
+      std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.first == name; }));
+}
+
+TEST(GlmVoiceDecode, test_gap_between_responses_goes_on_in_order) {
+  Harness t;
+  // before any response: goes on as is
+  gst_harness_push_event(t.h, gst_event_new_gap(0, GST_SECOND));
+  auto events = events_until(t, "gap");
+  ASSERT_EQ(events.back().first, "gap");
+  EXPECT_EQ(events.back().second, 0u);
+  // inside a response: dropped (the response's audio covers it)
+  t.next_pts = GST_SECOND;
+  ASSERT_EQ(t.push(random_ids(10, 20)), GST_FLOW_OK);
+  gst_harness_push_event(t.h, gst_event_new_gap(GST_SECOND + 10 * kToken, GST_SECOND));
+  ASSERT_EQ(t.push(random_ids(20, 21)), GST_FLOW_OK);
+  gst_harness_push_event(t.h, gst_glm_voice_event_new_end_of_response("stop-token"));
+  events = events_until(t, "end-of-response");
+  EXPECT_EQ(count_named(events, "gap"), 0u) << "a GAP inside a response went on";
+  std::vector<GstBuffer*> buffers;
+  t.pull_all(&buffers);
+  ASSERT_FALSE(buffers.empty());
+  const GstClockTime audio_end = GST_BUFFER_PTS(buffers.back()) + GST_BUFFER_DURATION(buffers.back());
+  for (GstBuffer* b : buffers) gst_buffer_unref(b);
+  // after it: clipped so that it never starts before the audio already pushed
+  gst_harness_push_event(t.h, gst_event_new_gap(GST_SECOND, 10 * GST_SECOND));
+  events = events_until(t, "gap");
+  ASSERT_EQ(events.back().first, "gap");
+  EXPECT_EQ(events.back().second, audio_end);
+  // entirely covered by audio already pushed: nothing
+  gst_harness_push_event(t.h, gst_event_new_gap(GST_SECOND, GST_SECOND));
+  t.eos();
+}
+
+TEST(GlmVoiceDecode, test_interrupted_response_drops_pending_tokens) {
+  // 60 tokens: the first block (25, one-token lag) is decoded, 34 wait for the next block.
+  // end-of-response "interrupted" (barge-in) must not decode them; the next response is fresh.
+  Harness t("flush-on-interrupt=false" + std::string(kFast));
+  const std::vector<int32_t> ids = random_ids(60, 22);
+  ASSERT_EQ(t.push_one_by_one(ids), GST_FLOW_OK);
+  GstBuffer* first = gst_harness_pull(t.h);  // the first block (the user heard it)
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(gst_buffer_get_size(first), 35072u * sizeof(float));
+  gst_buffer_unref(first);
+  t.end_of_response(GST_GLM_VOICE_REASON_INTERRUPTED);
+  EXPECT_TRUE(t.pull_all().empty()) << "the pending tokens were decoded anyway";
+  const std::vector<int32_t> next = random_ids(30, 23);
+  ASSERT_EQ(t.push_one_by_one(next), GST_FLOW_OK);
+  t.end_of_response();
+  EXPECT_EQ(t.pull_all(), lib_stream(next)) << "the next response starts from a fresh state";
+}
+
+TEST(GlmVoiceDecode, test_interrupt_flushes_audio_downstream) {
+  Harness t;  // flush-on-interrupt=true by default
+  ASSERT_EQ(t.push_one_by_one(random_ids(40, 24)), GST_FLOW_OK);
+  GstBuffer* first = gst_harness_pull(t.h);
+  ASSERT_NE(first, nullptr);
+  gst_buffer_unref(first);
+  gst_harness_push_event(t.h, gst_glm_voice_event_new_end_of_response(GST_GLM_VOICE_REASON_INTERRUPTED));
+  const auto events = events_until(t, "end-of-response");
+  std::vector<std::string> names;
+  for (const auto& e : events) names.push_back(e.first);
+  const auto at = [&](const char* n) { return std::find(names.begin(), names.end(), n) - names.begin(); };
+  ASSERT_LT(at("flush-start"), static_cast<long>(names.size())) << "no flush downstream";
+  EXPECT_LT(at("flush-start"), at("flush-stop"));
+  EXPECT_LT(at("flush-stop"), at("end-of-response"));
+  EXPECT_TRUE(t.pull_all().empty()) << "audio of the interrupted response after the interrupt";
+  // the stream goes on: segment again, then the next response
+  ASSERT_EQ(t.push_one_by_one(random_ids(26, 25)), GST_FLOW_OK);
+  t.end_of_response();
+  EXPECT_FALSE(t.pull_all().empty());
+}
+
+TEST(GlmVoiceDecode, test_upstream_never_waits_for_a_block) {
+  // Downstream blocks (a sink waiting for its clock): the decoding task is stuck pushing the
+  // first block, yet upstream (the LLM) can still push all its tokens at once.
+  Harness t;
+  GstPad* src = gst_element_get_static_pad(t.dec, "src");
+  const gulong probe = gst_pad_add_probe(src, GST_PAD_PROBE_TYPE_BLOCK_DOWNSTREAM,
+                                         [](GstPad*, GstPadProbeInfo*, gpointer) { return GST_PAD_PROBE_OK; },
+                                         nullptr, nullptr);
+  std::promise<GstFlowReturn> pushed;
+  const std::vector<int32_t> ids = random_ids(200, 26);
+  std::thread upstream([&] { pushed.set_value(t.push_one_by_one(ids)); });
+  auto result = pushed.get_future();
+  const bool done = result.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+  EXPECT_TRUE(done) << "upstream waited for the decoder";
+  gst_pad_remove_probe(src, probe);
+  upstream.join();
+  if (done) EXPECT_EQ(result.get(), GST_FLOW_OK);
+  gst_object_unref(src);
+  t.eos();
+  EXPECT_EQ(t.pull_all(), lib_stream(ids));
+}
+
+TEST(GlmVoiceDecode, test_flush_stop_restarts_task_only_on_active_pad) {
+  Harness t;
+  GstPad* src = gst_element_get_static_pad(t.dec, "src");
+  ASSERT_NE(GST_PAD_TASK(src), nullptr);
+  // a PAUSED->READY deactivated the src pad while a flush was going on upstream
+  ASSERT_TRUE(gst_pad_set_active(src, FALSE));
+  ASSERT_EQ(GST_PAD_TASK(src), nullptr);
+  gst_harness_push_event(t.h, gst_event_new_flush_start());
+  gst_harness_push_event(t.h, gst_event_new_flush_stop(TRUE));
+  EXPECT_EQ(GST_PAD_TASK(src), nullptr) << "FLUSH_STOP started a task on an inactive pad";
+  gst_pad_set_active(src, TRUE);
+  gst_object_unref(src);
+}
+
+TEST(GlmVoiceDecode, test_block_sizes_change_while_playing) {
+  GParamSpec* spec = g_object_class_find_property(
+      G_OBJECT_CLASS(g_type_class_peek(g_type_from_name("GstGlmVoiceDecode"))), "block-sizes");
+  ASSERT_NE(spec, nullptr);
+  EXPECT_TRUE(spec->flags & GST_PARAM_MUTABLE_PLAYING);
+  Harness t;
+  ASSERT_EQ(t.push_one_by_one(random_ids(12, 27)), GST_FLOW_OK);
+  g_object_set(t.dec, "block-sizes", "10", nullptr);  // applies from the next response
+  EXPECT_EQ(gst_harness_query_latency(t.h), 11 * kToken) << "the latency follows the first block";
+  ASSERT_EQ(t.push_one_by_one(random_ids(14, 28)), GST_FLOW_OK);
+  t.end_of_response();
+  t.pull_all();
+  ASSERT_EQ(t.push_one_by_one(random_ids(11, 29)), GST_FLOW_OK);
+  GstBuffer* b = gst_harness_pull(t.h);  // 10 tokens + the lag: a block
+  ASSERT_NE(b, nullptr);
+  gst_buffer_unref(b);
+  t.eos();
+}
+
+TEST(GlmVoiceDecode, test_bad_block_sizes_is_an_error) {
+  Harness t;
+  ASSERT_EQ(t.push_one_by_one(random_ids(5, 30)), GST_FLOW_OK);
+  g_object_set(t.dec, "block-sizes", "10,zero", nullptr);
+  gchar* blocks = nullptr;
+  g_object_get(t.dec, "block-sizes", &blocks, nullptr);
+  EXPECT_STREQ(blocks, "25,50,100,150,200") << "the bad value replaced the schedule";
+  g_free(blocks);
+  gst_harness_push_event(t.h, gst_glm_voice_event_new_end_of_response("stop-token"));
+  GstMessage* m = nullptr;
+  for (int i = 0; i < 600 && !m; ++i) {
+    m = t.error();
+    if (!m) g_usleep(100000);
+  }
+  ASSERT_NE(m, nullptr) << "no error for a bad block-sizes";
+  GError* err = nullptr;
+  gst_message_parse_error(m, &err, nullptr);
+  EXPECT_TRUE(g_error_matches(err, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS)) << err->message;
+  EXPECT_NE(std::string(err->message).find("block-sizes"), std::string::npos) << err->message;
+  EXPECT_NE(std::string(err->message).find("zero"), std::string::npos) << err->message;
+  g_error_free(err);
+  gst_message_unref(m);
+}
+
+TEST(GlmVoiceDecode, test_nonzero_segment_and_flushing_seek) {
+  Harness t;
+  GstSegment segment;
+  gst_segment_init(&segment, GST_FORMAT_TIME);
+  segment.start = segment.time = 10 * GST_SECOND;
+  segment.base = 3 * GST_SECOND;
+  gst_harness_push_event(t.h, gst_event_new_segment(&segment));
+  t.next_pts = 10 * GST_SECOND;
+  ASSERT_EQ(t.push(random_ids(30, 31)), GST_FLOW_OK);
+  gst_harness_push_event(t.h, gst_event_new_flush_start());
+  gst_harness_push_event(t.h, gst_event_new_flush_stop(TRUE));
+  t.pull_all();
+  segment.start = segment.time = 20 * GST_SECOND;
+  segment.base = 0;
+  gst_harness_push_event(t.h, gst_event_new_segment(&segment));
+  t.next_pts = 20 * GST_SECOND;
+  const std::vector<int32_t> ids = random_ids(30, 32);
+  ASSERT_EQ(t.push(ids), GST_FLOW_OK);
+  t.eos();
+  std::vector<GstBuffer*> buffers;
+  EXPECT_EQ(t.pull_all(&buffers), lib_stream(ids)) << "nothing of before the seek";
+  ASSERT_FALSE(buffers.empty());
+  EXPECT_EQ(GST_BUFFER_PTS(buffers[0]), 20 * GST_SECOND);
+  for (GstBuffer* b : buffers) gst_buffer_unref(b);
+}
+
+/* ---- live pipelines on the real clock ------------------------------------------------------ */
+
+// appsrc (live token source) ! glmvoicedecode ! fakesink sync=true: records when each audio
+// buffer is rendered (running time of the handoff).
+struct LivePipeline {
+  GstElement* pipeline = nullptr;
+  GstElement* src = nullptr;
+  GstElement* dec = nullptr;
+  std::mutex mutex;
+  std::vector<GstClockTime> rendered;  // running times
+
+  explicit LivePipeline(const std::string& props) {
+    const std::string launch = std::string("appsrc name=src is-live=true format=time caps=\"") + kTokenCaps +
+                               "\" ! glmvoicedecode name=dec model-path=\"" + model_dir() + "\" device=cpu " + props +
+                               " ! fakesink name=sink sync=true signal-handoffs=true";
+    pipeline = gst_parse_launch(launch.c_str(), nullptr);
+    src = gst_bin_get_by_name(GST_BIN(pipeline), "src");
+    dec = gst_bin_get_by_name(GST_BIN(pipeline), "dec");
+    GstElement* sink = gst_bin_get_by_name(GST_BIN(pipeline), "sink");
+    g_signal_connect(sink, "handoff", G_CALLBACK(+[](GstElement*, GstBuffer*, GstPad*, gpointer data) {
+                       auto* self = static_cast<LivePipeline*>(data);
+                       const GstClockTime now = self->running_time();
+                       std::lock_guard<std::mutex> lock(self->mutex);
+                       self->rendered.push_back(now);
+                     }),
+                     this);
+    gst_object_unref(sink);
+    // Live: the sink completes its state change only with the first audio; the clock runs
+    // as soon as the pipeline has one.
+    gst_element_set_state(pipeline, GST_STATE_PLAYING);
+    for (int i = 0; i < 1000 && !has_clock(); ++i) g_usleep(10000);
+  }
+  bool has_clock() {
+    GstClock* clock = gst_element_get_clock(pipeline);
+    if (clock) gst_object_unref(clock);
+    return clock != nullptr;
+  }
+  ~LivePipeline() {
+    gst_element_set_state(pipeline, GST_STATE_NULL);
+    gst_object_unref(src);
+    gst_object_unref(dec);
+    gst_object_unref(pipeline);
+  }
+  GstClockTime running_time() {
+    GstClock* clock = gst_element_get_clock(pipeline);
+    if (!clock) return 0;
+    const GstClockTime now = gst_clock_get_time(clock);
+    gst_object_unref(clock);
+    return now - gst_element_get_base_time(pipeline);
+  }
+  void push(const std::vector<int32_t>& ids, GstClockTime pts) {
+    GstBuffer* b = gst_glm_voice_tokens_buffer_new(ids.data(), ids.size());
+    GST_BUFFER_PTS(b) = pts;
+    GST_BUFFER_DURATION(b) = ids.size() * kToken;
+    GstFlowReturn ret;
+    g_signal_emit_by_name(src, "push-buffer", b, &ret);
+    gst_buffer_unref(b);
+  }
+  std::vector<GstClockTime> renders() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return rendered;
+  }
+  GstClockTime latency() {
+    GstQuery* q = gst_query_new_latency();
+    GstClockTime min = 0;
+    if (gst_element_query(pipeline, q)) gst_query_parse_latency(q, nullptr, &min, nullptr);
+    gst_query_unref(q);
+    return min;
+  }
+};
+
+TEST(GlmVoiceDecode, test_live_first_audio_not_delayed_twice) {
+  // Tokens captured in real time (one per 80 ms, stamped with the running time, like a live
+  // tokenizer's). The first audio must be rendered by capture time + reported latency + one
+  // block, not re-stamped to "now" and then delayed by the latency again.
+  constexpr int kBlock = 10;
+  LivePipeline p("block-sizes=" + std::to_string(kBlock) + kFast);
+  const std::vector<int32_t> ids = random_ids(40, 33);
+  const GstClockTime capture = p.running_time();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const GstClockTime due = capture + i * kToken;
+    while (p.running_time() < due) g_usleep(2000);
+    p.push({ids[i]}, due);
+  }
+  for (int i = 0; i < 300 && p.renders().empty(); ++i) g_usleep(10000);
+  const auto renders = p.renders();
+  ASSERT_FALSE(renders.empty()) << "nothing rendered";
+  const GstClockTime latency = p.latency();
+  std::printf("first audio rendered %" G_GUINT64_FORMAT " ms after capture; latency %" G_GUINT64_FORMAT
+              " ms; bound %" G_GUINT64_FORMAT " ms\n",
+              GST_TIME_AS_MSECONDS(renders[0] - capture), GST_TIME_AS_MSECONDS(latency),
+              GST_TIME_AS_MSECONDS(latency + kBlock * kToken));
+  EXPECT_LE(renders[0], capture + latency + kBlock * kToken)
+      << "first audio rendered " << GST_TIME_AS_MSECONDS(renders[0] - capture) << " ms after capture; latency "
+      << GST_TIME_AS_MSECONDS(latency) << " ms";
+}
+
+TEST(GlmVoiceDecode, test_barge_in_stops_the_speaker_within_one_block) {
+  // An answer much longer than a block is playing; the user starts speaking and the LLM
+  // (barge-in=true) sends end-of-response "interrupted". Nothing more may be rendered after
+  // one decoder block from then.
+  constexpr int kBlock = 10;
+  LivePipeline p("block-sizes=" + std::to_string(kBlock) + kFast);
+  const GstClockTime start = p.running_time();
+  p.push(random_ids(150, 34), start);  // 12 s of answer at once, as a fast LLM makes it
+  for (int i = 0; i < 600 && p.renders().size() < 2; ++i) g_usleep(10000);
+  ASSERT_GE(p.renders().size(), 2u) << "the answer never played";
+  const GstClockTime interrupted = p.running_time();
+  GstPad* sink = gst_element_get_static_pad(p.dec, "sink");
+  EXPECT_TRUE(gst_pad_send_event(sink, gst_glm_voice_event_new_end_of_response(GST_GLM_VOICE_REASON_INTERRUPTED)));
+  gst_object_unref(sink);
+  g_usleep(2 * G_USEC_PER_SEC);
+  const auto renders = p.renders();
+  const GstClockTime last = renders.back();
+  std::printf("last audio rendered %" G_GINT64_FORMAT " ms after the interrupt (%zu buffers)\n",
+              GST_TIME_AS_MSECONDS(GST_CLOCK_DIFF(interrupted, last)), renders.size());
+  EXPECT_LE(last, interrupted + kBlock * kToken)
+      << "audio rendered " << GST_TIME_AS_MSECONDS(last - interrupted) << " ms after the interrupt";
+}
 }  // namespace
