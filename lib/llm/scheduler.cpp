@@ -91,7 +91,7 @@ Scheduler::~Scheduler() {
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
-std::unique_ptr<Sequence> Scheduler::join() {
+std::unique_ptr<Sequence> Scheduler::join() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   const int64_t id = impl_->next_id++;
   impl_->seqs[id];

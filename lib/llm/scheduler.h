@@ -88,8 +88,8 @@ class Sequence {
 
  private:
   friend class Scheduler;
-  Sequence(std::shared_ptr<Scheduler> scheduler, int64_t id) : scheduler_(std::move(scheduler)), id_(id) {}
-  std::shared_ptr<Scheduler> scheduler_;
+  Sequence(std::shared_ptr<const Scheduler> scheduler, int64_t id) : scheduler_(std::move(scheduler)), id_(id) {}
+  std::shared_ptr<const Scheduler> scheduler_;
   int64_t id_;
 };
 
@@ -100,7 +100,8 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  std::unique_ptr<Sequence> join();
+  // A new sequence (const: a scheduler shared as const, e.g. from a model cache, still serves).
+  std::unique_ptr<Sequence> join() const;
   const LlmModel& model() const { return *model_; }
   const std::shared_ptr<const LlmModel>& model_ptr() const { return model_; }
   const SchedulerOptions& options() const { return options_; }

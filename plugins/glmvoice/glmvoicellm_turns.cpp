@@ -36,6 +36,7 @@ void LlmTurnQueue::add_speech(const std::vector<int32_t>& tokens, GstClockTime e
   std::lock_guard<std::mutex> lock(mutex_);
   speech_.insert(speech_.end(), tokens.begin(), tokens.end());
   if (later(end, input_end_)) input_end_ = end;
+  if (speech_.size() >= prefilled_ + kPrefillEvery) cond_.notify_all();  // prefill while speaking
 }
 
 void LlmTurnQueue::add_time(GstClockTime end) {
@@ -62,6 +63,7 @@ bool LlmTurnQueue::end_speech_turn(const std::string& instruction, bool barge_in
   QueuedTurn turn;
   turn.turn = llm::UserTurn::speech(std::move(speech_), instruction);
   speech_.clear();
+  prefilled_ = 0;
   queue_turn(std::move(turn), barge_in);
   return true;
 }
@@ -108,6 +110,7 @@ void LlmTurnQueue::set_flushing(bool flushing, bool drop_input) {
   flushing_ = flushing;
   if (drop_input) {
     speech_.clear();
+    prefilled_ = 0;
     turns_.clear();
     input_end_ = GST_CLOCK_TIME_NONE;
     gap_pending_ = interrupt_ = eos_ = speech_eos_ = text_eos_ = false;
@@ -118,7 +121,10 @@ void LlmTurnQueue::set_flushing(bool flushing, bool drop_input) {
 LlmWork LlmTurnQueue::wait(bool in_answer) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (!in_answer) {
-    cond_.wait(lock, [this] { return flushing_ || !turns_.empty() || gap_pending_ || eos_ || reset_; });
+    cond_.wait(lock, [this] {
+      return flushing_ || !turns_.empty() || gap_pending_ || eos_ || reset_ ||
+             speech_.size() >= prefilled_ + kPrefillEvery;
+    });
   }
   LlmWork work;
   if (flushing_) {
@@ -137,6 +143,10 @@ LlmWork LlmTurnQueue::wait(bool in_answer) {
     work.kind = LlmWork::kStart;
     work.turn = std::move(turns_.front());
     turns_.pop_front();
+  } else if (speech_.size() >= prefilled_ + kPrefillEvery) {
+    work.kind = LlmWork::kPrefill;
+    work.turn.turn = llm::UserTurn::speech(speech_);
+    prefilled_ = speech_.size();
   } else if (gap_pending_) {
     work.kind = LlmWork::kGap;
     work.gap_end = input_end_;
@@ -150,13 +160,30 @@ LlmWork LlmTurnQueue::wait(bool in_answer) {
 
 /* ---- LlmConversation --------------------------------------------------------------- */
 
-LlmConversation::LlmConversation(std::shared_ptr<const llm::LlmModel> model, uint64_t seed)
-    : chat_(std::move(model), [seed] {
+LlmConversation::LlmConversation(std::shared_ptr<const llm::LlmModel> model, uint64_t seed,
+                                 std::shared_ptr<const llm::Scheduler> scheduler)
+    : sequence_(scheduler ? scheduler->join() : nullptr),
+      chat_(std::move(model), [seed] {
         llm::ChatOptions options;
         options.seed = seed;
         options.context_policy = llm::ContextPolicy::kDropOldestTurns;
         return options;
-      }()) {}
+      }()) {
+  if (sequence_) {
+    chat_.set_forward([seq = sequence_.get()](const std::vector<int64_t>& ids, llm::KvCache& cache) {
+      return seq->forward(ids, cache);
+    });
+  }
+}
+
+void LlmConversation::prefill(const QueuedTurn& partial, const LlmTurnSettings& settings) {
+  auto& o = chat_.options();
+  o.system_prompt = settings.system_prompt;
+  o.keep_history = settings.keep_history;
+  o.max_new_tokens = settings.max_new_tokens;
+  chat_.prefill_partial(partial.turn);
+  if (sequence_) sequence_->idle();  // the user is still speaking: nobody waits for us
+}
 
 LlmConversation::Start LlmConversation::start(const QueuedTurn& turn, const LlmTurnSettings& settings) {
   auto& o = chat_.options();
@@ -180,12 +207,14 @@ LlmConversation::Start LlmConversation::start(const QueuedTurn& turn, const LlmT
   prefill_ms_ = first_token_ms_ = -1;
   decode_ms_ = 0;
   steps_ = 0;
+  if (sequence_) sequence_->reset_stats();
   return result;
 }
 
 llm::ChatEvent LlmConversation::step() {
   const SteadyTime t0 = std::chrono::steady_clock::now();
   llm::ChatEvent ev = chat_.step();
+  if (ev.kind == llm::ChatEvent::kEnd && sequence_) sequence_->idle();
   const double ms = ms_since(t0);
   if (prefill_ms_ < 0) {
     prefill_ms_ = ms;  // the first step runs the prompt
@@ -197,10 +226,15 @@ llm::ChatEvent LlmConversation::step() {
   return ev;
 }
 
-llm::ChatEvent LlmConversation::interrupt() { return chat_.cancel(); }
+llm::ChatEvent LlmConversation::interrupt() {
+  if (sequence_) sequence_->idle();
+  return chat_.cancel();
+}
 
 void LlmConversation::abandon() {
+  if (sequence_) sequence_->idle();
   if (chat_.in_turn()) chat_.cancel();  // the history keeps what was generated
+  chat_.rollback_partial();             // the unfinished user turn is dropped with the input
 }
 
 GstStructure* LlmConversation::turn_report(const llm::ChatEvent& end, int64_t speech_tokens) const {
@@ -213,6 +247,11 @@ GstStructure* LlmConversation::turn_report(const llm::ChatEvent& end, int64_t sp
       static_cast<gint>(chat_.prompt_ids().size()), "generated-tokens", G_TYPE_INT, static_cast<gint>(generated),
       "speech-tokens", G_TYPE_INT, static_cast<gint>(speech_tokens), "prefill-ms", G_TYPE_DOUBLE,
       prefill_ms_ < 0 ? 0.0 : prefill_ms_, "decode-ms-per-token", G_TYPE_DOUBLE, per_token, NULL);
+  if (sequence_) {  // the batched steps this answer ran in (issue 11)
+    const llm::Sequence::Stats st = sequence_->stats();
+    gst_structure_set(s, "batch-size", G_TYPE_DOUBLE, st.mean_batch(), "batch-size-max", G_TYPE_INT,
+                      static_cast<gint>(st.batch_max), NULL);
+  }
   GValue input = int_array(chat_.prompt_ids()), completion = int_array(chat_.completion_ids());
   gst_structure_take_value(s, "input-ids", &input);
   gst_structure_take_value(s, "completion-ids", &completion);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "llm/chat.h"
+#include "llm/scheduler.h"
 
 namespace glmvoice::gst {
 
@@ -36,6 +37,7 @@ struct LlmWork {
     kIdle,      // nothing but a history reset (apply `reset`, wait again)
     kStart,     // start answering `turn`
     kStep,      // generate the next token of the answer in progress
+    kPrefill,   // no answer in progress: prefill `turn` (the speech heard so far) while the user speaks
     kInterrupt, // barge-in: end the answer in progress now
     kGap,       // no answer: the input moved on to `gap_end` (running time)
     kEos,       // every input is done and every turn answered
@@ -49,6 +51,10 @@ struct LlmWork {
 // Thread-safe (own mutex): streaming threads add input, the src task waits for work.
 class LlmTurnQueue {
  public:
+  // Prefill while the user speaks: a kPrefill every this many new speech tokens (issue 10 §1:
+  // 8–25; small so that at the end of the turn little is left to run).
+  static constexpr size_t kPrefillEvery = 8;
+
   // Speech tokens of the unfinished user turn; `end` = running time of their end (or NONE).
   void add_speech(const std::vector<int32_t>& tokens, GstClockTime end);
   // The input moved on to `end` without a turn (a GAP event): forwarded when no answer runs.
@@ -79,6 +85,7 @@ class LlmTurnQueue {
   std::vector<int64_t> speech_;                    // the unfinished speech turn
   GstClockTime input_end_ = GST_CLOCK_TIME_NONE;   // latest end of any input (running time)
   std::deque<QueuedTurn> turns_;
+  size_t prefilled_ = 0;  // speech tokens of the unfinished turn handed out as kPrefill
   bool gap_pending_ = false, interrupt_ = false, reset_ = false, eos_ = false;
   bool speech_eos_ = false, text_eos_ = false;
 };
@@ -95,7 +102,10 @@ struct LlmTurnSettings {
 // task only (and by FLUSH_STOP / state changes while the task is paused or stopped).
 class LlmConversation {
  public:
-  LlmConversation(std::shared_ptr<const llm::LlmModel> model, uint64_t seed);
+  // With a `scheduler` (shared by the conversations on one model) the forward passes run in
+  // its batched steps; without, on this thread.
+  LlmConversation(std::shared_ptr<const llm::LlmModel> model, uint64_t seed,
+                  std::shared_ptr<const llm::Scheduler> scheduler = nullptr);
 
   struct Start {
     bool ok = false;
@@ -109,7 +119,13 @@ class LlmConversation {
   bool in_answer() const { return chat_.in_turn(); }
   llm::ChatEvent step();       // the next token (times the model alone)
   llm::ChatEvent interrupt();  // ends the answer now (reason interrupted), keeps the history
-  void abandon();              // FLUSH: as interrupt(), without a report
+  void abandon();              // FLUSH: as interrupt(), without a report; drops a partial prefill
+  // Prefill while the user speaks (llm::ChatState::prefill_partial) with the turn settings.
+  void prefill(const QueuedTurn& partial, const LlmTurnSettings& settings);
+  // From any thread (FLUSH_START): a forward waiting in the scheduler throws llm::Cancelled.
+  void cancel_forward() {
+    if (sequence_) sequence_->cancel();
+  }
   void reset() { chat_.reset(); }
 
   int64_t turn_count() const { return turn_count_; }
@@ -121,6 +137,7 @@ class LlmConversation {
   GstStructure* context_report(int64_t dropped_turns) const;
 
  private:
+  std::unique_ptr<llm::Sequence> sequence_;  // before chat_: chat_'s forward hook uses it
   llm::ChatState chat_;
   int64_t turn_count_ = 0;
   SteadyTime completed_at_;

@@ -67,11 +67,14 @@
  * `completion-ids` (arrays of int), `text` (string: the full transcript of the answer),
  * `reason` (string), `turn`, `prompt-tokens`, `generated-tokens`, `speech-tokens` (int),
  * `prefill-ms`, `decode-ms-per-token` (double, the model alone): the reference web demo's
- * debug view.
+ * debug view; with a shared scheduler (max-batch > 0) also `batch-size` (double: the mean
+ * number of conversations in the batched steps of this answer) and `batch-size-max` (int).
  *
  * ## Latency
- * Nothing comes out before the user's turn is complete; then the first token needs one
- * prefill of the prompt (the whole history) and each further token one decode step. The
+ * Nothing comes out before the user's turn is complete. While the user speaks, the prompt
+ * (history, system prompt, the speech tokens so far) is prefilled every 8 speech tokens, so
+ * at the end of the turn only the last few tokens and the assistant header run before the
+ * first token (a flushed turn is rolled back); each further token is one decode step. The
  * `latency` property (ns) is this element's budget for that (prefill + first tokens; 0 =
  * the largest first-token time measured so far); with a live upstream the LATENCY query
  * adds it to upstream's (otherwise upstream's not-live answer), a LATENCY message is posted
@@ -81,8 +84,10 @@
  * interleave): the real 9B model needs a GPU for that.
  *
  * Threads: generation runs on the task of `src` (one token per iteration, so FLUSH and
- * barge-in act within a token); `text_src` is pushed from its own task through an internal
- * queue: no `queue` is needed after either src pad.
+ * barge-in act within a token); with max-batch > 0 each forward pass waits in the model's
+ * scheduler thread (lib/llm/scheduler.h), batched with the other elements on that model;
+ * `text_src` is pushed from its own task through an internal queue: no `queue` is needed
+ * after either src pad.
  *
  * ## Example launch line
  * |[
@@ -112,6 +117,7 @@
 #include "glmvoicellm_turns.h"
 #include "io/error.h"
 #include "llm/chatglm_model.h"
+#include "llm/scheduler.h"
 
 GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define GST_CAT_DEFAULT gst_glm_voice_llm_debug
@@ -128,6 +134,9 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_llm_debug);
 #define DEFAULT_BARGE_IN FALSE
 #define DEFAULT_TEXT_SEGMENTS FALSE
 #define DEFAULT_TEXT_LINES FALSE
+/* Conversations per batched step of a shared model (issue 11); 0 = this element runs its own
+ * batch-1 forward. */
+#define DEFAULT_MAX_BATCH 8
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-9b"
 
@@ -148,6 +157,7 @@ enum {
   PROP_TEXT_SEGMENTS,
   PROP_TEXT_LINES,
   PROP_LATENCY,
+  PROP_MAX_BATCH,
 };
 
 enum { SIGNAL_RESET_HISTORY, LAST_SIGNAL };
@@ -182,9 +192,12 @@ struct GstGlmVoiceLlmImpl {
   gboolean barge_in = DEFAULT_BARGE_IN;
   gboolean text_segments = DEFAULT_TEXT_SEGMENTS;
   gboolean text_lines = DEFAULT_TEXT_LINES;
+  gint max_batch = DEFAULT_MAX_BATCH;
 
   // Set at NULL->READY, dropped at READY->NULL (object lock).
   std::shared_ptr<const glmvoice::llm::LlmModel> model;
+  // The model's scheduler, shared by every element on that model (null: max-batch 0).
+  std::shared_ptr<const glmvoice::llm::Scheduler> scheduler;
   gint codebook = 0;  // the model's number of speech tokens; 0 without a model
 
   // Completed turns, barge-in, input EOS (thread-safe on its own).
@@ -334,6 +347,23 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
                                         "Latency budget in ns: end of a turn to its first token (0 = measured)");
 
   /**
+   * GstGlmVoiceLlm:max-batch:
+   * Many calls on one model (issue 11): elements whose model-path, device and dtype are equal
+   * share one loaded model and one scheduler that runs the conversations' forward passes
+   * together, as batched steps of up to max-batch conversations (first come, first served;
+   * a long prompt is prefilled in chunks so it never stalls the others for long). The first
+   * element to load the model sets it for all; later elements' values are ignored while that
+   * model stays loaded. 0: this element runs its own batch-1 forward. Results do not depend
+   * on the batch (fp32 rounding); the glmvoicellm-turn message reports `batch-size`.
+   */
+  g_object_class_install_property(
+      gobject_class, PROP_MAX_BATCH,
+      g_param_spec_int("max-batch", "Max batch",
+                       "Conversations per batched step of a shared model (set by the first element to load "
+                       "the model; 0 = own batch-1 forward)",
+                       0, 256, DEFAULT_MAX_BATCH, ready));
+
+  /**
    * GstGlmVoiceLlm::reset-history:
    * Action signal: forget the conversation; applied before the next turn starts.
    */
@@ -410,6 +440,7 @@ static void gst_glm_voice_llm_set_property(GObject* object, guint prop_id, const
     case PROP_BARGE_IN: impl->barge_in = g_value_get_boolean(value); break;
     case PROP_TEXT_SEGMENTS: impl->text_segments = g_value_get_boolean(value); break;
     case PROP_TEXT_LINES: impl->text_lines = g_value_get_boolean(value); break;
+    case PROP_MAX_BATCH: impl->max_batch = g_value_get_int(value); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -433,6 +464,7 @@ static void gst_glm_voice_llm_get_property(GObject* object, guint prop_id, GValu
     case PROP_BARGE_IN: g_value_set_boolean(value, impl->barge_in); break;
     case PROP_TEXT_SEGMENTS: g_value_set_boolean(value, impl->text_segments); break;
     case PROP_TEXT_LINES: g_value_set_boolean(value, impl->text_lines); break;
+    case PROP_MAX_BATCH: g_value_set_int(value, impl->max_batch); break;
     default: G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec); break;
   }
   GST_OBJECT_UNLOCK(self);
@@ -452,7 +484,24 @@ static gboolean load_model(GstGlmVoiceLlm* self) {
     return FALSE;
   }
   GST_OBJECT_LOCK(self);
+  const gint max_batch = impl->max_batch;
+  GST_OBJECT_UNLOCK(self);
+  std::shared_ptr<const glmvoice::llm::Scheduler> scheduler;
+  if (max_batch > 0) {
+    // One scheduler per loaded model, in the same process-wide cache (the first element's
+    // max-batch wins).
+    glmvoice::llm::SchedulerOptions so;
+    so.max_batch = max_batch;
+    scheduler = glmvoice::gst::model_cache_get<glmvoice::llm::Scheduler>(
+        "llm-scheduler", model->options(), [&] { return glmvoice::llm::Scheduler::create(model, so); });
+    if (scheduler->options().max_batch != max_batch) {
+      GST_INFO_OBJECT(self, "model already batched by another element: max-batch %" G_GINT64_FORMAT,
+                      scheduler->options().max_batch);
+    }
+  }
+  GST_OBJECT_LOCK(self);
   impl->model = model;
+  impl->scheduler = scheduler;
   impl->codebook = static_cast<gint>(model->tokenizer().n_audio());
   GST_OBJECT_UNLOCK(self);
   const auto& c = model->config();
@@ -476,8 +525,9 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       GST_OBJECT_LOCK(self);
       const guint64 seed = impl->seed;
       auto model = impl->model;
+      auto scheduler = impl->scheduler;
       GST_OBJECT_UNLOCK(self);
-      impl->conversation = std::make_unique<LlmConversation>(model, seed);
+      impl->conversation = std::make_unique<LlmConversation>(model, seed, scheduler);
       impl->turns.set_flushing(true, /*drop_input=*/true);
       gst_segment_init(&impl->speech_segment, GST_FORMAT_TIME);
       gst_segment_init(&impl->text_segment, GST_FORMAT_TIME);
@@ -498,6 +548,7 @@ static GstStateChangeReturn gst_glm_voice_llm_change_state(GstElement* element, 
       break;
     case GST_STATE_CHANGE_READY_TO_NULL:
       GST_OBJECT_LOCK(self);
+      impl->scheduler.reset();
       impl->model.reset();
       impl->codebook = 0;
       GST_OBJECT_UNLOCK(self);
@@ -693,6 +744,7 @@ static void flush_start(GstGlmVoiceLlm* self, GstEvent* event) {
   GstGlmVoiceLlmImpl* impl = self->impl;
   impl->srcresult = GST_FLOW_FLUSHING;
   impl->turns.set_flushing(true, /*drop_input=*/false);
+  if (impl->conversation) impl->conversation->cancel_forward();  // a step of the shared model
   impl->output->set_text_flushing(true);
   gst_pad_push_event(self->textsrcpad, gst_event_ref(event));
   gst_pad_push_event(self->srcpad, event);
@@ -972,6 +1024,7 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
       case LlmWork::kIdle: break;
       case LlmWork::kStart: start_answer(self, work.turn); break;
       case LlmWork::kStep: ret = generate_one(self); break;
+      case LlmWork::kPrefill: conversation.prefill(work.turn, turn_settings(self)); break;
       case LlmWork::kInterrupt: ret = finish_answer(self, conversation.interrupt()); break;
       case LlmWork::kGap: impl->output->advance(work.gap_end, false); break;
       case LlmWork::kEos:
@@ -980,6 +1033,8 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
         ret = GST_FLOW_EOS;
         break;
     }
+  } catch (const glmvoice::llm::Cancelled&) {
+    ret = GST_FLOW_FLUSHING;  // FLUSH_START stopped a forward waiting in the shared scheduler
   } catch (...) {
     GLMVOICE_ELEMENT_ERROR(self, "Language model failed", std::current_exception());
     ret = GST_FLOW_ERROR;
