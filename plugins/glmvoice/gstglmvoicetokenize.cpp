@@ -25,11 +25,21 @@
  * the pause sends no silence-only turn), and the next speech starts a new utterance (live
  * conversations need no application code). FLUSH_STOP resets the stream state.
  *
+ * start-of-speech (GstGlmVoiceStartOfSpeech, field timestamp) is sent as soon as the
+ * endpointer hears speech begin (first 10 ms frame above the threshold after silence; also
+ * with endpointing off), ahead of the tokens of that audio, for glmvoicellm's barge-in.
+ *
+ * GAP: outside an utterance it goes on at once; inside one it is tokenized as digital silence
+ * (tokens stay in order and contiguous) and counts towards endpoint-silence-ms; the part of
+ * it after an endpoint goes on as a GAP after the turn's tokens and end-of-turn.
+ *
  * ## Latency and live behaviour
  * The tokens of one attention block (quantize_causal_block_size conv frames = 4.0 s, 50
  * tokens with the real model) are emitted when the first sample after the block arrives, so
- * latency = block duration (+ compute): the latency query adds `block_samples / 16000` s
- * (4.0 s) to upstream's (30 s with #GstGlmVoiceTokenize:offline-exact). The block's floor (max - 8 of the log-mel, spec §4.3) is the running
+ * latency = block + block compute: `block_samples / 16000` s (4.0 s; 30 s with
+ * #GstGlmVoiceTokenize:offline-exact) + the largest measured block compute time (a LATENCY
+ * message is posted as it grows), or #GstGlmVoiceTokenize:latency when set (one warning when
+ * the need exceeds it). The LATENCY query adds it to upstream's only when upstream is live. The block's floor (max - 8 of the log-mel, spec §4.3) is the running
  * maximum of the segment so far: a louder sound later in the same 30 s segment can make the
  * ids differ from the offline tokenizer (spec §5.2); at an utterance end everything equals
  * the offline path.
