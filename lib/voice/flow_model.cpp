@@ -320,8 +320,10 @@ at::Tensor FlowModel::inference(const at::Tensor& tokens, const at::Tensor& prom
                                 double cfg_rate, FlowTaps* taps) const {
   const int64_t n_mel = config_.output_size;
   // §3.1 speaker vector: F.normalize of the (zero) x-vector, then the affine layer.
-  at::Tensor embedding = at::zeros({1, config_.spk_embed_dim}, at::TensorOptions().device(device_).dtype(dtype_));
-  embedding = embedding / embedding.norm(2, {1}, true).clamp_min(1e-12);
+  // Normalised in float32: F.normalize's eps 1e-12 underflows to 0 in float16, and 0 / 0
+  // would make the whole mel NaN.
+  at::Tensor embedding = at::zeros({1, config_.spk_embed_dim}, at::TensorOptions().device(device_).dtype(at::kFloat));
+  embedding = (embedding / embedding.norm(2, {1}, true).clamp_min(1e-12)).to(dtype_);
   at::Tensor spks = linear(embedding, spk_affine_);  // [1, n_mel]
 
   // §3.2-3.4: encoder over prompt + new tokens, mel length, length regulator.
