@@ -695,3 +695,38 @@ TEST(GlmVoiceLlm, test_properties_change_while_playing) {
   llm.end_turn();
   EXPECT_EQ(wait_end_of_response(llm.speech), "max-new-tokens");
 }
+
+TEST(GlmVoiceLlm, test_text_sink_released_and_requested_while_playing) {
+  Llm llm("tiny-script");  // speech in, text out; text_sink requested by hand below
+  for (int round = 0; round < 2; ++round) {
+    GstPad* text_sink = gst_element_request_pad_simple(llm.element, "text_sink");
+    ASSERT_NE(text_sink, nullptr) << "round " << round;
+    GstPad* feeder = gst_pad_new("feeder", GST_PAD_SRC);
+    ASSERT_EQ(gst_pad_link(feeder, text_sink), GST_PAD_LINK_OK);
+    gst_pad_set_active(feeder, TRUE);
+    gst_pad_push_event(feeder, gst_event_new_stream_start("text-in"));
+    GstCaps* caps = gst_caps_from_string(GST_GLM_VOICE_TEXT_CAPS);
+    gst_pad_push_event(feeder, gst_event_new_caps(caps));
+    gst_caps_unref(caps);
+    GstSegment segment;
+    gst_segment_init(&segment, GST_FORMAT_TIME);
+    gst_pad_push_event(feeder, gst_event_new_segment(&segment));
+    const std::string question = "hello";
+    EXPECT_EQ(gst_pad_push(feeder, gst_buffer_new_memdup(question.data(), question.size())), GST_FLOW_OK);
+    EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+    // Released while PLAYING (the application drops its text input).
+    gst_pad_set_active(feeder, FALSE);
+    gst_pad_unlink(feeder, text_sink);
+    gst_element_release_request_pad(llm.element, text_sink);
+    gst_object_unref(text_sink);
+    gst_object_unref(feeder);
+    // Speech turns still work.
+    ASSERT_EQ(llm.push_tokens({1, 2}), GST_FLOW_OK);
+    llm.end_turn();
+    EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+    EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  }
+  // EOS on the speech input ends the stream (no text input left to wait for).
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, gst_event_new_eos()));
+  EXPECT_EQ(wait_end_of_response(llm.text), "EOS");
+}
