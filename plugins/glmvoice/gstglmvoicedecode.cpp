@@ -22,7 +22,7 @@
  * Token ids >= vocab_size are refused with a STREAM/DECODE error.
  *
  * ## Threads
- * The sink pad only queues: tokens (at most 1000 = 80 s waiting; then the sink pad blocks)
+ * The sink pad only queues: tokens (at most 4096, more than a whole answer; then it blocks)
  * and serialized events, in order. Decoding runs on the src pad's own streaming task, so the
  * LLM upstream never waits while a block is synthesized. FLUSH_START stops the task after
  * the block in progress (one block at most); FLUSH_STOP drops everything queued and pending
@@ -100,9 +100,11 @@ GST_DEBUG_CATEGORY_STATIC(gst_glm_voice_decode_debug);
 #define DEFAULT_MODE glmvoice::voice::StreamMode::kReference /* upstream's schedule, exact */
 /* Model subdirectory under $GLMVOICE_MODEL_DIR (the Hugging Face repo name). */
 #define MODEL_SUBDIR "glm-4-voice-decoder"
-/* Tokens the sink pad queues for the decoding task before it blocks upstream (80 s of speech:
- * far more than a block, so the LLM never waits for a block to be synthesized). */
-#define MAX_QUEUED_TOKENS 1000
+/* Tokens the sink pad queues for the decoding task before it blocks upstream: 4096 (5.5 min
+ * of speech, 16 KiB) holds more than a whole answer (glmvoicellm max-new-tokens defaults to
+ * 2000), so the LLM never waits for a block to be synthesized, and its end-of-response
+ * "interrupted" (barge-in) is never stuck behind a full queue. */
+#define MAX_QUEUED_TOKENS 4096
 /* Audio moved forward because it would be late starts this much after the earliest time it
  * could still be rendered (the push to the sink takes a moment too). */
 #define LIVE_MARGIN (20 * GST_MSECOND)
