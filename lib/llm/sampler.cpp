@@ -1,64 +1,162 @@
 // Reference: transformers 4.44.1 generation/logits_process.py (TemperatureLogitsWarper,
-// TopKLogitsWarper, TopPLogitsWarper) and GenerationMixin._sample. Spec: llm.md §4.4.
+// TopKLogitsWarper, TopPLogitsWarper) and GenerationMixin._sample; PyTorch
+// aten/src/ATen/native/Distributions.cpp (multinomial without replacement = argmax of p / q,
+// q ~ Exp(1)). Spec: llm.md §4.4.
 #include "llm/sampler.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
+#include <tuple>
 
 namespace glmvoice::llm {
 
 namespace {
+
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+// First candidate count when top-p runs without top-k; grows x4 until it holds the nucleus.
+constexpr int64_t kFirstNucleusCandidates = 256;
+// Probability mass the candidates must exceed top_p by, so that the cut provably falls
+// among them despite rounding (the rest, all smaller, is then removed as a whole).
+constexpr double kNucleusMargin = 1e-3;
+
+struct Ranked {
+  at::Tensor values, ids;  // candidates, any order
+  bool rest_is_empty;      // every other row is -inf (top-k applied) or there is no other row
+};
+
+// Top-k (HF keeps every logit equal to the k-th largest, so ties past k are kept too).
+Ranked top_k_candidates(const at::Tensor& z, int64_t k) {
+  const int64_t V = z.numel();
+  if (k >= V) return {z, at::arange(V, z.options().dtype(at::kLong)), true};
+  auto [tv, ti] = at::topk(z, k + 1);  // descending
+  if (!at::equal(tv.narrow(0, k, 1), tv.narrow(0, k - 1, 1))) {
+    return {tv.narrow(0, 0, k), ti.narrow(0, 0, k), true};
+  }
+  at::Tensor ids = (z >= tv.narrow(0, k - 1, 1)).nonzero().squeeze(1);
+  return {z.index_select(0, ids), ids, true};
 }
 
-at::Tensor sampling_filter(const at::Tensor& logits_in, const SamplingOptions& o) {
+// Without top-k: the smallest set of top logits that certainly holds the top-p nucleus.
+Ranked nucleus_candidates(const at::Tensor& z, double top_p) {
+  const int64_t V = z.numel();
+  const at::Tensor lse = at::logsumexp(z, 0);
+  for (int64_t c = std::min(kFirstNucleusCandidates, V);; c = std::min(c * 4, V)) {
+    if (c == V) return {z, at::arange(V, z.options().dtype(at::kLong)), true};
+    auto [tv, ti] = at::topk(z, c);
+    if (at::exp(tv - lse).sum().item<double>() >= top_p + kNucleusMargin) return {tv, ti, false};
+  }
+}
+
+}  // namespace
+
+Candidates sampling_candidates(const at::Tensor& logits_in, const SamplingOptions& o) {
   c10::InferenceMode guard;
-  at::Tensor z = logits_in.to(at::kFloat).flatten().clone();
-  const int64_t vocab = z.numel();
+  at::Tensor z = logits_in.to(at::kFloat).flatten();
+  const int64_t V = z.numel();
   const int64_t keep_min = std::max<int64_t>(o.min_tokens_to_keep, 1);
-  // 1. temperature (only when != 1)
+  // 1. temperature (only when != 1); element-wise, so the same bits as on the whole vector
   if (o.temperature > 0 && o.temperature != 1.0) z = z / o.temperature;
-  // 2. top-k: remove z < k-th largest (ties with the k-th value are kept)
+  // 2. top-k
+  Ranked r;
   if (o.top_k > 0) {
-    const int64_t k = std::min(std::max(o.top_k, keep_min), vocab);
-    at::Tensor kth = std::get<0>(at::topk(z, k)).select(0, k - 1);
-    z = z.masked_fill(z < kth, kNegInf);
+    r = top_k_candidates(z, std::min(std::max(o.top_k, keep_min), V));
+  } else if (o.top_p < 1.0 && !z.is_cpu()) {
+    r = nucleus_candidates(z, o.top_p);
+  } else {
+    // No top-k: on CPU top-p sorts the whole vocabulary as before, because the nucleus sum
+    // over candidates only would round differently and could move the cut by one token.
+    r = {z, at::Tensor(), true};
   }
-  // 3. top-p: ascending sort, remove cumulative probability <= 1 - p, keep the largest keep_min
-  if (o.top_p < 1.0) {
-    auto sorted = at::sort(z, /*dim=*/0, /*descending=*/false);
-    at::Tensor sorted_logits = std::get<0>(sorted), order = std::get<1>(sorted);
-    at::Tensor cum = at::softmax(sorted_logits, 0).cumsum(0);
-    at::Tensor remove = cum <= (1.0 - o.top_p);
-    remove.narrow(0, vocab - keep_min, keep_min).fill_(false);
-    at::Tensor remove_orig = at::zeros_like(remove).scatter(0, order, remove);
-    z = z.masked_fill(remove_orig, kNegInf);
+  at::Tensor ids, values;
+  if (!r.ids.defined()) {
+    ids = at::arange(V, z.options().dtype(at::kLong));
+    values = z;
+  } else {
+    // Ascending id order, so a stable sort by value orders ties as at::sort of the whole
+    // vocabulary does (by id).
+    at::Tensor by_id;
+    std::tie(ids, by_id) = at::sort(r.ids);
+    values = r.values.index_select(0, by_id);
   }
-  return z;
+  if (o.top_p >= 1.0) return {ids, values};
+
+  // 3. top-p: ascending, remove cumulative probability <= 1 - p, keep the largest keep_min.
+  auto [asc, order] = at::sort(values, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const int64_t n = asc.numel();
+  at::Tensor cum;
+  if (r.rest_is_empty && z.is_cpu()) {
+    // The whole vocabulary in ascending order is [-inf x (V - n), asc], built without a sort;
+    // its softmax is bit for bit the one of the sorted vocabulary (same array, same lanes).
+    at::Tensor full = n == V ? asc : at::cat({at::full({V - n}, kNegInf, asc.options()), asc});
+    cum = at::softmax(full, 0).narrow(0, V - n, n).cumsum(0);
+  } else if (r.rest_is_empty) {
+    cum = at::softmax(asc, 0).cumsum(0);
+  } else {
+    at::Tensor p = at::exp(asc - at::logsumexp(z, 0));
+    cum = (1.0 - p.sum()) + p.cumsum(0);
+  }
+  at::Tensor keep = cum > (1.0 - o.top_p);
+  const int64_t forced = std::min(keep_min, n);
+  keep.narrow(0, n - forced, forced).fill_(true);
+  at::Tensor kept = std::get<0>(at::sort(order.masked_select(keep)));
+  return {ids.index_select(0, kept), values.index_select(0, kept)};
 }
 
-Sampler::Sampler(uint64_t seed) : generator_(at::detail::createCPUGenerator(seed)) {}
+at::Tensor sampling_filter(const at::Tensor& logits, const SamplingOptions& o) {
+  c10::InferenceMode guard;
+  const Candidates c = sampling_candidates(logits, o);
+  at::Tensor z = at::full({logits.numel()}, kNegInf, logits.options().dtype(at::kFloat));
+  return z.index_copy_(0, c.ids, c.logits);
+}
+
+Sampler::Sampler(uint64_t seed) : seed_(seed), cpu_generator_(at::detail::createCPUGenerator(seed)) {}
 
 void Sampler::reseed(uint64_t seed) {
-  std::lock_guard<std::mutex> lock(generator_.mutex());
-  generator_.set_current_seed(seed);
+  seed_ = seed;
+  for (at::Generator* g : {&cpu_generator_, &device_generator_}) {
+    if (!g->defined()) continue;
+    std::lock_guard<std::mutex> lock(g->mutex());
+    g->set_current_seed(seed);
+  }
+}
+
+at::Generator& Sampler::generator_for(const c10::Device& device) {
+  if (device.is_cpu()) return cpu_generator_;
+  const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+  if (!device_generator_.defined() || device_generator_.device() != c10::Device(device.type(), index)) {
+    device_generator_ = at::detail::getCUDAHooks().getNewGenerator(index);
+    device_generator_.set_current_seed(seed_);
+  }
+  return device_generator_;
 }
 
 int64_t Sampler::sample(const at::Tensor& logits_in, const SamplingOptions& o, int64_t mask_from) {
   c10::InferenceMode guard;
-  at::Tensor z = logits_in.to(at::kFloat).cpu().flatten();
-  if (mask_from >= 0 && mask_from < z.numel()) {
+  at::Tensor z = logits_in.to(at::kFloat).flatten();
+  const int64_t V = z.numel();
+  if (mask_from >= 0 && mask_from < V) {
     z = z.clone();
-    z.narrow(0, mask_from, z.numel() - mask_from).fill_(kNegInf);
+    z.narrow(0, mask_from, V - mask_from).fill_(kNegInf);
   }
   if (o.greedy || o.temperature <= 0) return z.argmax().item<int64_t>();
-  at::Tensor filtered = sampling_filter(z, o);
-  at::Tensor probs = at::softmax(filtered, 0);
-  return at::multinomial(probs, 1, /*replacement=*/false, generator_).item<int64_t>();
+  const Candidates c = sampling_candidates(z, o);
+  at::Generator& gen = generator_for(z.device());
+  if (z.is_cpu()) {
+    // The draw at::multinomial(softmax(filtered), 1) makes over the whole vocabulary: one
+    // Exp(1) per row from this generator, so the stream of ids is the reference's.
+    at::Tensor filtered = at::full({V}, kNegInf, z.options()).index_copy_(0, c.ids, c.logits);
+    return at::multinomial(at::softmax(filtered, 0), 1, /*replacement=*/false, gen).item<int64_t>();
+  }
+  // On the device: the same Gumbel-max draw over the candidates only; one id to the host.
+  at::Tensor p = at::softmax(c.logits, 0);
+  at::Tensor q = at::empty_like(p).exponential_(1.0, gen);
+  return c.ids.index_select(0, (p / q).argmax().unsqueeze(0)).item<int64_t>();
 }
 
 }  // namespace glmvoice::llm

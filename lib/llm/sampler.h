@@ -4,8 +4,17 @@
 //
 // Deviations (documented in the spec): logits are cast to f32 first; ids above the largest
 // defined token (padded rows) are masked to -inf unless `mask_from` < 0; temperature <= 0
-// means greedy instead of an error. Bit-identical draws with PyTorch's multinomial are not
-// a goal; a fixed seed gives a fixed sequence.
+// means greedy instead of an error. A fixed seed gives a fixed sequence.
+//
+// Work stays on the logits' device and touches only the top candidates: top-k is one
+// at::topk, top-p sorts the (few) survivors, never the whole vocabulary, and only the chosen
+// id crosses to the host. On CUDA the draw is the Gumbel-max trick over the candidates with a
+// CUDA generator. On CPU it consumes the generator exactly as at::multinomial over the whole
+// vocabulary did (one Exp(1) per row, argmax of p / q), so a seed gives the same ids as the
+// earlier full-sort sampler (test_llm_sampler checks it), with two notes: where logits tie
+// exactly at the top-p cut, the tied tokens are cut in id order (the full sort's unstable
+// order chose arbitrarily); and top-p without top-k (top_k <= 0) still sorts the vocabulary
+// on CPU, because a candidates-only nucleus sum would round differently.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -23,19 +32,31 @@ struct SamplingOptions {
   int64_t min_tokens_to_keep = 1;
 };
 
-// Applies temperature, top-k and top-p to f32 `logits` [V] and returns the filtered logits
-// (removed entries -inf). Exposed for tests.
+// The tokens that survive temperature, top-k and top-p: ids [n] i64 in ascending id order and
+// their temperature-scaled f32 logits [n], on the logits' device. `logits` [V] any float dtype.
+struct Candidates {
+  at::Tensor ids, logits;
+};
+Candidates sampling_candidates(const at::Tensor& logits, const SamplingOptions& options);
+
+// Applies temperature, top-k and top-p to `logits` [V] and returns f32 filtered logits [V]
+// (removed entries -inf). Exposed for tests; built from sampling_candidates().
 at::Tensor sampling_filter(const at::Tensor& logits, const SamplingOptions& options);
 
 class Sampler {
  public:
   explicit Sampler(uint64_t seed = 0);
   void reseed(uint64_t seed);
-  // `logits` [V] any float dtype. `mask_from`: ids >= mask_from are never chosen (< 0: off).
+  // `logits` [V] any float dtype, on any device. `mask_from`: ids >= mask_from are never
+  // chosen (< 0: off).
   int64_t sample(const at::Tensor& logits, const SamplingOptions& options, int64_t mask_from = -1);
 
  private:
-  at::Generator generator_;
+  at::Generator& generator_for(const c10::Device& device);
+
+  uint64_t seed_;
+  at::Generator cpu_generator_;
+  at::Generator device_generator_;  // made on first use for a CUDA device, seeded with seed_
 };
 
 }  // namespace glmvoice::llm
