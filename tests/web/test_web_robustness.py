@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 
@@ -58,6 +59,17 @@ def main():
     watchdog(240)
     need_websocket_client()
     import websocket
+    # Bad command lines: one line saying why, exit status 1, no crash.
+    exe = os.path.join(build, "tools", "web", "glmvoice-web")
+    for args, expected in ((["--bind", "nothere"], "not an IP address"), (["--port", "70000"], "--port"),
+                           (["--device", "cuda;x"], "--device"), (["--model-dir", "/nonexistent"], "missing"),
+                           (["--frobnicate", "1"], "unknown option")):
+        if not os.path.exists(exe):
+            break
+        r = subprocess.run([exe, *args], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "GLMVOICE_BUILD": build})
+        check(r.returncode == 1 and expected in r.stderr, f"glmvoice-web {' '.join(args)}: exit {r.returncode}, "
+                                                          f"{r.stderr.strip().splitlines()[-1]!r}")
     # GStreamer's leaks tracer lists, at the server's exit, every GstObject and mini object still
     # alive: every session's pipeline, pads, caps, buffers and promises must be gone.
     server = Server(build, ["--max-new-tokens", "40"], env={"GST_TRACERS": "leaks", "GST_DEBUG": "GST_TRACER:7"})

@@ -78,6 +78,10 @@ int run(int argc, char** argv) {
   }
   glmvoice::web::ServerOptions options;
   options.bind = args.get("bind", "127.0.0.1");
+  if (GInetAddress* address = g_inet_address_new_from_string(options.bind.c_str()))
+    g_object_unref(address);
+  else
+    throw std::runtime_error("--bind " + options.bind + ": not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)");
   options.port = static_cast<int>(args.get_int("port", 8888));
   if (options.port < 0 || options.port > 65535) throw std::runtime_error("--port: 0..65535");
 

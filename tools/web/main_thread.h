@@ -10,10 +10,12 @@
 
 namespace glmvoice::web {
 
+// Always through an idle source of the default context, never run in place: invoking would
+// run `work` on the calling thread whenever nobody holds the context (e.g. before the loop runs).
 inline void run_on_main(std::function<void()> work) {
   auto* heap = new std::function<void()>(std::move(work));
-  g_main_context_invoke_full(
-      nullptr, G_PRIORITY_DEFAULT,
+  g_idle_add_full(
+      G_PRIORITY_DEFAULT,
       [](gpointer data) -> gboolean {
         (*static_cast<std::function<void()>*>(data))();
         return G_SOURCE_REMOVE;

@@ -49,16 +49,6 @@ WebServer::~WebServer() {
 }
 
 std::string WebServer::start() {
-  holder_ = std::make_unique<ModelHolder>(models_, [this](const nlohmann::json& event) {
-    if (event["type"] == "progress")
-      log_server("models: " + event["element"].get<std::string>() + " " + event["kind"].get<std::string>() +
-                 " " + event["text"].get<std::string>());
-    else
-      log_server("models: " + event["state"].get<std::string>() +
-                 (event.contains("error") ? ": " + event["error"].get<std::string>() : ""));
-    broadcast(event);
-  });
-  holder_->start();
 
   server_ = soup_server_new("server-header", "glmvoice-web ", nullptr);
   soup_server_add_handler(server_, nullptr, &WebServer::on_http, this, nullptr);
@@ -75,6 +65,17 @@ std::string WebServer::start() {
     g_error_free(error);
     throw std::runtime_error("cannot listen on " + options_.bind + ":" + std::to_string(options_.port) + ": " + what);
   }
+  // Listening first: a busy port fails before any model is loaded.
+  holder_ = std::make_unique<ModelHolder>(models_, [this](const nlohmann::json& event) {
+    if (event["type"] == "progress")
+      log_server("models: " + event["element"].get<std::string>() + " " + event["kind"].get<std::string>() +
+                 " " + event["text"].get<std::string>());
+    else
+      log_server("models: " + event["state"].get<std::string>() +
+                 (event.contains("error") ? ": " + event["error"].get<std::string>() : ""));
+    broadcast(event);
+  });
+  holder_->start();
   GSList* uris = soup_server_get_uris(server_);
   std::string url;
   if (uris) {
