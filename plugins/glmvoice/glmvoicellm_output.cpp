@@ -195,6 +195,10 @@ GstFlowReturn LlmAnswerOutput::end_answer(const std::string& tail, const char* r
   return ret;
 }
 
+void LlmAnswerOutput::interrupt_playback() {
+  gst_pad_push_event(src_, gst_glm_voice_event_new_end_of_response(GST_GLM_VOICE_REASON_INTERRUPTED));
+}
+
 void LlmAnswerOutput::push_eos() {
   enqueue_text(GST_MINI_OBJECT_CAST(gst_event_new_eos()));
   gst_pad_push_event(src_, gst_event_new_eos());

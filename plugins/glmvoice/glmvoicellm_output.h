@@ -39,6 +39,9 @@ class LlmAnswerOutput {
   GstFlowReturn add_text(const std::string& text);
   // The answer ended: `tail` text, held text, end-of-response(`reason`) on both pads.
   GstFlowReturn end_answer(const std::string& tail, const char* reason);
+  // Barge-in after an answer was generated: end-of-response(interrupted) on src only, so
+  // that the decoder drops that answer's audio not yet played (no answer on text_src).
+  void interrupt_playback();
   // EOS on both pads (text first: the speech push may block until PLAYING).
   void push_eos();
 

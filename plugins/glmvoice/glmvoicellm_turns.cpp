@@ -122,7 +122,7 @@ LlmWork LlmTurnQueue::wait(bool in_answer) {
   std::unique_lock<std::mutex> lock(mutex_);
   if (!in_answer) {
     cond_.wait(lock, [this] {
-      return flushing_ || !turns_.empty() || gap_pending_ || eos_ || reset_ ||
+      return flushing_ || interrupt_ || !turns_.empty() || gap_pending_ || eos_ || reset_ ||
              speech_.size() >= prefilled_ + kPrefillEvery;
     });
   }
@@ -136,7 +136,13 @@ LlmWork LlmTurnQueue::wait(bool in_answer) {
     interrupt_ = false;
     return work;
   }
-  interrupt_ = false;  // nothing to interrupt
+  if (interrupt_) {
+    // No answer is being generated, but the previous one may still be playing: that is
+    // what the user barges in on. Handled before a queued turn starts.
+    interrupt_ = false;
+    work.kind = LlmWork::kInterruptPlayback;
+    return work;
+  }
   work.reset = reset_;
   reset_ = false;
   if (!turns_.empty()) {

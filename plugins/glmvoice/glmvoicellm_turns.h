@@ -39,6 +39,8 @@ struct LlmWork {
     kStep,      // generate the next token of the answer in progress
     kPrefill,   // no answer in progress: prefill `turn` (the speech heard so far) while the user speaks
     kInterrupt, // barge-in: end the answer in progress now
+    kInterruptPlayback,  // barge-in with no answer in progress: the last answer may still be
+                         // playing downstream, so tell the decoder to drop it
     kGap,       // no answer: the input moved on to `gap_end` (running time)
     kEos,       // every input is done and every turn answered
   };

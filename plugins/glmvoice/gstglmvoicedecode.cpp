@@ -910,8 +910,8 @@ static gboolean queue_event(GstGlmVoiceDecode* self, GstEvent* event) {
   return TRUE;
 }
 
-// Barge-in: the response now decoding (or queued) was interrupted. Its queued tokens go, the
-// block in progress is dropped when done, and (flush-on-interrupt) downstream is flushed.
+// Barge-in: the response now decoding (or queued) was interrupted. Every queued token goes,
+// the block in progress is dropped when done, and (flush-on-interrupt) downstream is flushed.
 static void interrupt_response(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
   GST_OBJECT_LOCK(self);
@@ -920,18 +920,19 @@ static void interrupt_response(GstGlmVoiceDecode* self) {
   {
     std::lock_guard<std::mutex> lk(impl->lock);
     if (impl->flushing) return;
-    // The interrupted response's tokens are those after the last queued end-of-response.
-    size_t kept = impl->queue.size();
-    while (kept > 0 && !gst_glm_voice_event_is_end_of_response(impl->queue[kept - 1].event)) --kept;
+    // The user is speaking: no queued speech is played any more, neither the interrupted
+    // response's nor that of an earlier response that was generated but not yet decoded
+    // (the LLM is faster than playback). Events stay, in order.
     size_t dropped = 0;
-    for (size_t i = impl->queue.size(); i > kept; --i) {
+    for (size_t i = impl->queue.size(); i > 0; --i) {
       QueueItem& item = impl->queue[i - 1];
       if (item.event) continue;
       dropped += item.ids.size();
       impl->queued_tokens -= item.ids.size();
       impl->queue.erase(impl->queue.begin() + static_cast<std::ptrdiff_t>(i - 1));
     }
-    if (kept == 0) impl->abandon_response = true;  // the task is decoding it now
+    // The response the task decodes now (if any) is dropped too, up to this end-of-response.
+    impl->abandon_response = true;
     GST_DEBUG_OBJECT(self, "interrupted: %zu queued tokens dropped", dropped);
     if (flush) {
       impl->interrupt_flushing = true;

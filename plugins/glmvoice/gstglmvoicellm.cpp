@@ -52,7 +52,10 @@
  * Barge-in: with `barge-in=true`, the start-of-speech event of glmvoicetokenize (the user
  * starts talking) stops the answer in progress within one token, with end-of-response
  * `reason=interrupted` (glmvoicedecode then drops that answer's pending tokens); a new
- * complete turn (speech or text) interrupts too. Without barge-in, turns queue up.
+ * complete turn (speech or text) interrupts too. When the answer was already generated but may
+ * still be playing (generation is faster than playback), start-of-speech sends one
+ * end-of-response `reason=interrupted` on `src` alone, so the decoder stops its audio too.
+ * Without barge-in, turns queue up.
  *
  * ## History and the context
  * With `keep-history` every prompt holds the previous turns. When the prompt would leave less
@@ -215,6 +218,9 @@ struct GstGlmVoiceLlmImpl {
   std::unique_ptr<LlmConversation> conversation;
   // Both outputs and their timeline (src task; its text queue has its own lock).
   std::unique_ptr<glmvoice::gst::LlmAnswerOutput> output;
+  // An answer with speech ended and no barge-in has interrupted it since (src task): a
+  // start-of-speech then still has audio to stop downstream.
+  bool answer_may_be_playing = false;
 };
 
 #define gst_glm_voice_llm_parent_class parent_class
@@ -928,6 +934,7 @@ static GstFlowReturn finish_answer(GstGlmVoiceLlm* self, const glmvoice::llm::Ch
   GstStructure* report = impl->conversation->turn_report(end, impl->output->speech_tokens());
   GST_INFO_OBJECT(self, "answer: %" GST_PTR_FORMAT, report);
   gst_element_post_message(GST_ELEMENT(self), gst_message_new_element(GST_OBJECT(self), report));
+  impl->answer_may_be_playing = impl->output->speech_tokens() > 0;
   return impl->output->end_answer(end.text, glmvoice::llm::stop_reason_name(end.reason));
 }
 
@@ -1025,7 +1032,17 @@ static void gst_glm_voice_llm_loop(gpointer user_data) {
       case LlmWork::kStart: start_answer(self, work.turn); break;
       case LlmWork::kStep: ret = generate_one(self); break;
       case LlmWork::kPrefill: conversation.prefill(work.turn, turn_settings(self)); break;
-      case LlmWork::kInterrupt: ret = finish_answer(self, conversation.interrupt()); break;
+      case LlmWork::kInterrupt:
+        ret = finish_answer(self, conversation.interrupt());
+        impl->answer_may_be_playing = false;
+        break;
+      case LlmWork::kInterruptPlayback:
+        if (impl->answer_may_be_playing) {
+          GST_INFO_OBJECT(self, "barge-in after the answer was generated: its playback is interrupted");
+          impl->output->interrupt_playback();
+          impl->answer_may_be_playing = false;
+        }
+        break;
       case LlmWork::kGap: impl->output->advance(work.gap_end, false); break;
       case LlmWork::kEos:
         GST_DEBUG_OBJECT(self, "all input done: EOS");

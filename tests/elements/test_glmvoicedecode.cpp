@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -526,6 +527,34 @@ TEST(GlmVoiceDecode, test_interrupted_response_drops_pending_tokens) {
   ASSERT_EQ(t.push_one_by_one(next), GST_FLOW_OK);
   t.end_of_response();
   EXPECT_EQ(t.pull_all(), lib_stream(next)) << "the next response starts from a fresh state";
+}
+
+TEST(GlmVoiceDecode, test_interrupt_after_a_finished_response_drops_its_unplayed_tokens) {
+  // A fast LLM has generated a whole answer (tokens + end-of-response) while the decoder is
+  // still on its first block; then the user barges in (end-of-response "interrupted" with no
+  // answer in progress). Nothing after the block being decoded may come out.
+  Harness t("flush-on-interrupt=false" + std::string(kFast));
+  GstPad* src = gst_element_get_static_pad(t.dec, "src");
+  std::atomic<bool> blocked{false};
+  const gulong probe = gst_pad_add_probe(
+      src, GstPadProbeType(GST_PAD_PROBE_TYPE_BLOCK | GST_PAD_PROBE_TYPE_BUFFER),
+      [](GstPad*, GstPadProbeInfo*, gpointer flag) {
+        static_cast<std::atomic<bool>*>(flag)->store(true);
+        return GST_PAD_PROBE_OK;  // stays blocked until removed
+      },
+      &blocked, nullptr);
+  ASSERT_EQ(t.push_one_by_one(random_ids(60, 25)), GST_FLOW_OK);
+  for (int i = 0; i < 6000 && !blocked; ++i) g_usleep(10000);
+  ASSERT_TRUE(blocked) << "the first block never reached the src pad";
+  // The task now holds the first block; 34 tokens and both events wait in its queue.
+  gst_harness_push_event(t.h, gst_glm_voice_event_new_end_of_response("stop-token"));
+  gst_harness_push_event(t.h, gst_glm_voice_event_new_end_of_response(GST_GLM_VOICE_REASON_INTERRUPTED));
+  gst_pad_remove_probe(src, probe);
+  gst_object_unref(src);
+  EXPECT_TRUE(t.wait_for("end-of-response"));  // the finished response's
+  EXPECT_TRUE(t.wait_for("end-of-response"));  // the interrupt's
+  const std::vector<float> audio = t.pull_all();
+  EXPECT_EQ(audio.size(), 35072u) << "only the first block (already decoded) may be heard";
 }
 
 TEST(GlmVoiceDecode, test_interrupt_flushes_audio_downstream) {

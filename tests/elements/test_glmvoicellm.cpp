@@ -570,6 +570,25 @@ TEST(GlmVoiceLlm, test_barge_in_on_start_of_speech) {
   gst_message_unref(m);
 }
 
+TEST(GlmVoiceLlm, test_barge_in_after_the_answer_was_generated_interrupts_its_playback) {
+  // The answer is generated faster than it plays: when the user starts speaking it is done
+  // here but still playing downstream. One end-of-response "interrupted" on src (the decoder
+  // drops the rest), none on text_src, and no second one without a new answer in between.
+  Llm llm("tiny-script");
+  g_object_set(llm.element, "barge-in", TRUE, NULL);
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token");
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, start_of_speech_event()));
+  EXPECT_EQ(wait_end_of_response(llm.speech), "interrupted");
+  ASSERT_TRUE(gst_harness_push_event(llm.speech, start_of_speech_event()));  // nothing left to stop
+  ASSERT_EQ(llm.push_tokens({2}, 10 * GST_SECOND), GST_FLOW_OK);
+  llm.end_turn();
+  EXPECT_EQ(wait_end_of_response(llm.speech), "stop-token");
+  EXPECT_EQ(wait_end_of_response(llm.text), "stop-token") << "text_src got the playback interrupt";
+}
+
 TEST(GlmVoiceLlm, test_start_of_speech_without_barge_in_changes_nothing) {
   Llm llm("tiny-loop");
   g_object_set(llm.element, "max-new-tokens", 30, NULL);
