@@ -5,6 +5,8 @@
 #include "llm/chatglm_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
@@ -15,6 +17,7 @@
 #include "io/error.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "runtime/dtype.h"
 
 namespace glmvoice::llm {
 
@@ -110,8 +113,16 @@ void KvCache::truncate(int64_t n) {
 
 // ---------------------------------------------------------------- load (§1.4, §2)
 
-std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) {
+std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) { return load_impl(options, nullptr); }
+
+std::shared_ptr<const LlmModel> LlmModel::load_random(const ModelOptions& options, uint64_t seed) {
+  return load_impl(options, &seed);
+}
+
+std::shared_ptr<const LlmModel> LlmModel::load_impl(const ModelOptions& requested, const uint64_t* random_seed) {
   c10::InferenceMode guard;
+  // Default dtype per device, fp16 refused (§3.7), int8/int4 = bf16 activations.
+  const ModelOptions options = runtime::resolve_options(requested, runtime::Stage::kLlm);
   const std::string& dir = options.path;
   if (!fs::is_directory(dir)) throw Error(ErrorCode::kNotFound, dir, "", "model directory does not exist");
   std::shared_ptr<LlmModel> m(new LlmModel());
@@ -145,14 +156,29 @@ std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) {
     }
   }
 
-  const auto dtype = options.dtype;
+  const auto dtype = runtime::compute_dtype(options.dtype);
   const auto device = options.device;
-  const auto st = io::SafeTensors::open(dir);
+  std::unique_ptr<io::SafeTensors> st;
+  at::Generator rng;
+  if (random_seed == nullptr) {
+    st = std::make_unique<io::SafeTensors>(io::SafeTensors::open(dir));
+  } else {
+    rng = device.is_cuda() ? at::detail::getCUDAHooks().getNewGenerator(device.index())
+                           : at::detail::createCPUGenerator(*random_seed);
+    rng.set_current_seed(*random_seed);
+  }
   std::set<std::string> used;
   auto get = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dt) {
     used.insert(name);
-    if (!st.has(name)) throw Error(ErrorCode::kMismatch, dir, name, "required tensor is missing");
-    return st.load_checked(name, shape, dt, device);
+    if (!st) {  // load_random(): norms 1, everything else N(0, 0.02²), made on the device
+      const auto o = at::TensorOptions().dtype(dt).device(device);
+      return name.find("layernorm") != std::string::npos ? at::ones(shape, o) : at::randn(shape, rng, o).mul_(0.02);
+    }
+    if (!st->has(name)) throw Error(ErrorCode::kMismatch, dir, name, "required tensor is missing");
+    return st->load_checked(name, shape, dt, device);
+  };
+  auto weight = [&](const std::string& name, std::vector<int64_t> shape) {
+    return LinearWeight::make(get(name, std::move(shape), dtype), options.dtype, name);
   };
   auto get_opt = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dt, bool want) {
     if (!want) return at::Tensor();
@@ -165,20 +191,20 @@ std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) {
     const std::string p = "transformer.encoder.layers." + std::to_string(l) + ".";
     Layer& L = m->layers_[static_cast<size_t>(l)];
     L.input_norm = get(p + "input_layernorm.weight", {H}, at::kFloat);
-    L.qkv_w = get(p + "self_attention.query_key_value.weight", {c.qkv_out(), H}, dtype);
+    L.qkv_w = weight(p + "self_attention.query_key_value.weight", {c.qkv_out(), H});
     L.qkv_b = get_opt(p + "self_attention.query_key_value.bias", {c.qkv_out()}, dtype,
                       c.add_qkv_bias || c.add_bias_linear);
-    L.dense_w = get(p + "self_attention.dense.weight", {H, c.q_size()}, dtype);
+    L.dense_w = weight(p + "self_attention.dense.weight", {H, c.q_size()});
     L.dense_b = get_opt(p + "self_attention.dense.bias", {H}, dtype, c.add_bias_linear);
     L.post_norm = get(p + "post_attention_layernorm.weight", {H}, at::kFloat);
-    L.h4h_w = get(p + "mlp.dense_h_to_4h.weight", {2 * c.ffn_hidden_size, H}, dtype);
+    L.h4h_w = weight(p + "mlp.dense_h_to_4h.weight", {2 * c.ffn_hidden_size, H});
     L.h4h_b = get_opt(p + "mlp.dense_h_to_4h.bias", {2 * c.ffn_hidden_size}, dtype, c.add_bias_linear);
-    L.fourh_w = get(p + "mlp.dense_4h_to_h.weight", {H, c.ffn_hidden_size}, dtype);
+    L.fourh_w = weight(p + "mlp.dense_4h_to_h.weight", {H, c.ffn_hidden_size});
     L.fourh_b = get_opt(p + "mlp.dense_4h_to_h.bias", {H}, dtype, c.add_bias_linear);
   }
   if (c.post_layer_norm) m->final_norm_ = get("transformer.encoder.final_layernorm.weight", {H}, at::kFloat);
-  m->output_ = get("transformer.output_layer.weight", {V, H}, dtype);
-  for (const auto& name : st.names()) {
+  m->output_ = weight("transformer.output_layer.weight", {V, H});
+  for (const auto& name : st ? st->names() : std::vector<std::string>{}) {
     if (!used.count(name)) runtime::log(runtime::LogLevel::kDebug, dir + ": ignoring tensor " + name);
   }
 
@@ -191,17 +217,27 @@ std::shared_ptr<const LlmModel> LlmModel::load(const ModelOptions& options) {
   runtime::log(runtime::LogLevel::kInfo,
                dir + ": ChatGLM " + std::to_string(c.num_layers) + " layers, hidden " + std::to_string(H) +
                    ", vocab " + std::to_string(V) + ", audio tokens " + std::to_string(tok.n_audio()) + " from id " +
-                   std::to_string(tok.audio_offset()) + ", " + runtime::dtype_name(dtype) + " on " + device.str());
+                   std::to_string(tok.audio_offset()) + ", " + runtime::dtype_name(options.dtype) + " on " + device.str());
   return m;
 }
 
 int64_t LlmModel::parameter_count() const {
   int64_t n = embedding_.numel() + output_.numel() + (final_norm_.defined() ? final_norm_.numel() : 0);
   for (const auto& L : layers_) {
-    for (const at::Tensor* t : {&L.input_norm, &L.qkv_w, &L.qkv_b, &L.dense_w, &L.dense_b, &L.post_norm, &L.h4h_w,
-                                &L.h4h_b, &L.fourh_w, &L.fourh_b}) {
+    for (const at::Tensor* t : {&L.input_norm, &L.qkv_b, &L.dense_b, &L.post_norm, &L.h4h_b, &L.fourh_b}) {
       if (t->defined()) n += t->numel();
     }
+    for (const LinearWeight* w : {&L.qkv_w, &L.dense_w, &L.h4h_w, &L.fourh_w}) n += w->numel();
+  }
+  return n;
+}
+
+int64_t LlmModel::weight_bytes_per_token() const {
+  auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0; };
+  int64_t n = output_.storage_bytes() + bytes(final_norm_);
+  for (const auto& L : layers_) {
+    n += bytes(L.input_norm) + bytes(L.post_norm) + bytes(L.qkv_b) + bytes(L.dense_b) + bytes(L.h4h_b) + bytes(L.fourh_b);
+    for (const LinearWeight* w : {&L.qkv_w, &L.dense_w, &L.h4h_w, &L.fourh_w}) n += w->storage_bytes();
   }
   return n;
 }
@@ -224,7 +260,7 @@ void LlmModel::ensure_capacity(KvCache& cache, int64_t needed) const {
   int64_t cap = std::max<int64_t>(cache.capacity * 2, 256);
   while (cap < needed) cap *= 2;
   cap = std::min<int64_t>(cap, std::max<int64_t>(needed, config_.seq_length));
-  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  const auto opts = at::TensorOptions().dtype(runtime::compute_dtype(options_.dtype)).device(options_.device);
   const int64_t ng = config_.multi_query_group_num, d = config_.head_dim();
   for (size_t l = 0; l < layers_.size(); ++l) {
     at::Tensor k = at::empty({ng, cap, d}, opts), v = at::empty({ng, cap, d}, opts);
@@ -322,7 +358,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
     }
     check_input(items[b].ids, items[b].n_ids, *items[b].cache);
   }
-  const auto dtype = options_.dtype;
+  const auto dtype = runtime::compute_dtype(options_.dtype);
   const auto dev = options_.device;
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
 
@@ -352,7 +388,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     at::Tensor n1 = rms_norm(h, L.input_norm);
-    at::Tensor mixed = at::linear(n1, L.qkv_w, L.qkv_b);  // [N, qkv_out], bias fused (§3.7)
+    at::Tensor mixed = linear(n1, L.qkv_w, L.qkv_b);  // [N, qkv_out], bias fused (§3.7)
     at::Tensor q = mixed.narrow(1, 0, c.q_size()).reshape({N, nh, d});
     at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).reshape({N, ng, d});
     at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).reshape({N, ng, d});
@@ -366,11 +402,11 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
       ctx_parts[b] = attend(q.narrow(0, offset[b], T), cache.k[l].narrow(1, 0, P + T), cache.v[l].narrow(1, 0, P + T), P);
     }
     at::Tensor ctx = B == 1 ? ctx_parts[0] : at::cat(ctx_parts, 0);  // [N, nh·d]
-    h = h + at::linear(ctx, L.dense_w, L.dense_b);
+    h = h + linear(ctx, L.dense_w, L.dense_b);
     at::Tensor n2 = rms_norm(h, L.post_norm);
-    at::Tensor u = at::linear(n2, L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second (§3.4)
+    at::Tensor u = linear(n2, L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second (§3.4)
     at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
-    h = h + at::linear(m, L.fourh_w, L.fourh_b);
+    h = h + linear(m, L.fourh_w, L.fourh_b);
   }
   for (size_t b = 0; b < B; ++b) items[b].cache->length += items[b].n_ids;
 
@@ -387,7 +423,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   if (rows.empty()) return out;
   h = static_cast<int64_t>(rows.size()) == N ? h : h.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(dev));
   if (final_norm_.defined()) h = rms_norm(h, final_norm_);
-  at::Tensor logits = at::linear(h, output_).to(at::kFloat).cpu();  // [rows, V]
+  at::Tensor logits = linear(h, output_).to(at::kFloat);  // [rows, V], stays on the device (sampling there)
   int64_t r = 0;
   for (size_t b = 0; b < B; ++b) {
     const int64_t T = items[b].n_ids;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "llm/chatglm_config.h"
+#include "llm/quantized_linear.h"
 #include "runtime/options.h"
 #include "text/tokenizer.h"
 
@@ -53,7 +54,12 @@ class LlmModel {
  public:
   // Loads config.json, generation_config.json, the safetensors (index or single file),
   // tokenizer.model and tokenizer_config.json, and checks their consistency (§7.3).
+  // options.dtype: float32, bfloat16, int8 or int4 (weight-only, bf16 activations);
+  // Undefined = bfloat16 on CUDA, float32 on CPU; float16 is refused (§3.7).
   static std::shared_ptr<const LlmModel> load(const ModelOptions& options);
+  // Benchmarks at real shapes without the checkpoint: config.json and the tokenizer files
+  // from options.path, random weights made directly on the device (no safetensors read).
+  static std::shared_ptr<const LlmModel> load_random(const ModelOptions& options, uint64_t seed);
 
   const ChatGlmConfig& config() const { return config_; }
   const text::Tokenizer& tokenizer() const { return tokenizer_; }
@@ -61,7 +67,8 @@ class LlmModel {
 
   KvCache new_cache() const;
   // Runs `ids` (positions cache.length … cache.length+T-1) and appends their K/V to the
-  // cache. Returns f32 CPU logits: [T, V] if `all_positions`, else [V] of the last one.
+  // cache. Returns f32 logits on the model's device (the sampler works there; nothing
+  // crosses to the host): [T, V] if `all_positions`, else [V] of the last one.
   // Throws kBadInput for an id outside the vocabulary or positions >= seq_length.
   at::Tensor forward(const std::vector<int64_t>& ids, KvCache& cache, bool all_positions = false) const;
   // One forward for several sequences (distinct caches). Returns one tensor per item as
@@ -74,12 +81,17 @@ class LlmModel {
 
   // Number of loaded parameters (for sanity checks and logs).
   int64_t parameter_count() const;
+  // Bytes of weights one decode step reads: every layer, the final norm and the output layer
+  // as stored (quantized or not); the embedding table (one row read) is not counted.
+  int64_t weight_bytes_per_token() const;
 
  private:
   struct Layer {
-    at::Tensor input_norm, qkv_w, qkv_b, dense_w, dense_b, post_norm, h4h_w, h4h_b, fourh_w, fourh_b;
+    at::Tensor input_norm, qkv_b, dense_b, post_norm, h4h_b, fourh_b;
+    LinearWeight qkv_w, dense_w, h4h_w, fourh_w;  // dense, or int8/int4 weight-only
   };
   LlmModel() = default;
+  static std::shared_ptr<const LlmModel> load_impl(const ModelOptions& options, const uint64_t* random_seed);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   void ensure_capacity(KvCache& cache, int64_t needed) const;
@@ -90,7 +102,8 @@ class LlmModel {
   ModelOptions options_;
   ChatGlmConfig config_;
   text::Tokenizer tokenizer_;
-  at::Tensor embedding_, final_norm_, output_;
+  at::Tensor embedding_, final_norm_;  // the embedding stays in the compute dtype (a lookup)
+  LinearWeight output_;                 // quantized too in int8/int4 (the largest matrix)
   at::Tensor inv_freq_;  // [r/2] f32, from base 10000·rope_ratio (checkpoint's value ignored)
   std::vector<Layer> layers_;
 };

@@ -20,6 +20,7 @@
 #include "io/error.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "runtime/dtype.h"
 
 namespace glmvoice::speech {
 
@@ -125,6 +126,7 @@ std::shared_ptr<const TokenizerModel> TokenizerModel::load(const ModelOptions& o
   if (!fs::is_directory(options.path)) {
     throw Error(ErrorCode::kNotFound, options.path, "", "tokenizer model directory not found");
   }
+  if (options.dtype != at::kDouble) runtime::resolve_options(options, runtime::Stage::kTokenizer);  // TF32 off on CUDA
   const c10::ScalarType dtype = options.dtype;
   if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16 && dtype != at::kHalf) {
     throw Error(ErrorCode::kUnsupported, options.path, "dtype",

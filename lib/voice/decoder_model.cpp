@@ -16,6 +16,7 @@
 #include "io/yaml_config.h"
 #include "voice/flow_model.h"
 #include "voice/hift_model.h"
+#include "runtime/dtype.h"
 
 namespace glmvoice::voice {
 
@@ -72,6 +73,7 @@ std::shared_ptr<const DecoderModel> DecoderModel::load(const ModelOptions& optio
   require_file(flow_path);
   require_file(hift_path);
 
+  runtime::resolve_options(options, runtime::Stage::kDecoder);  // refuses int8/int4; TF32 off on CUDA (P16)
   std::shared_ptr<DecoderModel> m(new DecoderModel());
   m->options_ = options;
   m->config_ = DecoderConfig::load(cfg_path);

@@ -65,10 +65,10 @@ int cmd_logits(int argc, char** argv) {
   c10::InferenceMode guard;
   Args args(argc, argv, 2, {});
   args.check_known({"model", "out", "device", "dtype"});
-  const auto model = llm::LlmModel::load(model_options(args));
+  const auto model = llm::LlmModel::load(model_options(args, "auto"));  // bf16 on CUDA, f32 on CPU
   auto cache = model->new_cache();
   const at::Tensor logits = model->forward(read_ids(args.positional(0, "IDS.npy")), cache, true);
-  io::write_npy(args.get("out"), logits.to(at::kFloat).contiguous());
+  io::write_npy(args.get("out"), logits.to(at::kCPU, at::kFloat).contiguous());
   return 0;
 }
 
@@ -77,7 +77,7 @@ int cmd_generate(int argc, char** argv) {
   Args args(argc, argv, 2, {"greedy", "no-stop", "no-mask"});
   args.check_known({"model", "out", "device", "dtype", "max-new-tokens", "greedy", "temperature", "top-p", "top-k",
                     "seed", "no-stop", "no-mask"});
-  const auto model = llm::LlmModel::load(model_options(args));
+  const auto model = llm::LlmModel::load(model_options(args, "auto"));  // bf16 on CUDA, f32 on CPU
   const int64_t max_new = args.get_int("max-new-tokens", 0);
   if (max_new < 1) throw std::runtime_error("--max-new-tokens must be >= 1");
   llm::SamplingOptions sampling;

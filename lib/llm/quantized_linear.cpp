@@ -1,0 +1,124 @@
+// Reference: pytorch-labs/gpt-fast quantize.py (WeightOnlyInt8QuantHandler,
+// get_group_qparams / group_quantize_tensor / pack_scales_and_zeros for int4), PyTorch
+// aten/src/ATen/native/LinearAlgebra.cpp (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu
+// argument checks) and native/cuda/int4mm.cu (tinygemm layout, sm80+).
+#include "llm/quantized_linear.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include "io/error.h"
+#include "runtime/dtype.h"
+#include "runtime/options.h"
+
+namespace glmvoice::llm {
+
+namespace {
+
+// tinygemm's k-tiling: K must be a multiple of 16 · kInnerKTiles for the CUDA layout.
+constexpr int64_t kInnerKTiles = 8;
+
+int64_t int4_group_for(int64_t k) {
+  for (int64_t g : {kInt4GroupSize, int64_t{64}, int64_t{32}}) {
+    if (k % g == 0) return g;
+  }
+  return 0;
+}
+
+[[noreturn]] void unsupported(const std::string& name, const std::string& why) {
+  throw Error(ErrorCode::kUnsupported, "", name, why);
+}
+
+}  // namespace
+
+LinearWeight LinearWeight::make(const at::Tensor& weight, c10::ScalarType format, const std::string& name) {
+  TORCH_CHECK(weight.dim() == 2, "LinearWeight: weight must be [N, K]");
+  LinearWeight lw;
+  lw.format_ = format;
+  lw.n_ = weight.size(0);
+  lw.k_ = weight.size(1);
+  if (!runtime::is_weight_only(format)) {
+    lw.dense_ = weight.to(format).contiguous();
+    return lw;
+  }
+  const at::Tensor w = weight.to(at::kFloat);
+  const auto dev = weight.device();
+  if (format == runtime::kInt8) {
+    lw.group_ = lw.k_;
+    // Scale rounded to bf16 first, so q is chosen for the scale the kernel will use.
+    at::Tensor scale = (w.abs().amax(1) / 127.0).clamp_min(1e-10).to(at::kBFloat16);
+    lw.packed_ = at::round(w / scale.to(at::kFloat).unsqueeze(1)).clamp(-128, 127).to(at::kChar).contiguous();
+    lw.scales_ = scale.contiguous();
+  } else {
+    lw.group_ = int4_group_for(lw.k_);
+    if (lw.group_ == 0) {
+      unsupported(name, "int4 needs an input dimension divisible by 32, got " + std::to_string(lw.k_));
+    }
+    if (dev.is_cuda() && lw.k_ % (16 * kInnerKTiles) != 0) {
+      unsupported(name, "int4 on CUDA needs an input dimension divisible by " + std::to_string(16 * kInnerKTiles) +
+                            ", got " + std::to_string(lw.k_));
+    }
+    const int64_t groups = lw.k_ / lw.group_;
+    at::Tensor wg = w.view({lw.n_, groups, lw.group_});
+    at::Tensor lo = std::get<0>(wg.min(2)), hi = std::get<0>(wg.max(2));  // [N, groups]
+    at::Tensor scale = ((hi - lo).clamp_min(1e-6) / 15.0).to(at::kBFloat16);
+    at::Tensor zero = (lo + scale.to(at::kFloat) * 8.0).to(at::kBFloat16);
+    at::Tensor s32 = scale.to(at::kFloat).unsqueeze(2), min32 = (zero.to(at::kFloat) - scale.to(at::kFloat) * 8.0).unsqueeze(2);
+    at::Tensor q = at::round((wg - min32) / s32).clamp(0, 15).to(at::kInt).view({lw.n_, lw.k_});
+    // [K/group, N, 2]: scale, zero
+    lw.scales_ = at::stack({scale, zero}, 2).transpose(0, 1).contiguous();
+    try {
+      if (dev.is_cuda()) {
+        // two codes per byte, even column in the high nibble
+        at::Tensor q8 = (q.slice(1, 0, lw.k_, 2).bitwise_left_shift(4) | q.slice(1, 1, lw.k_, 2)).to(at::kByte);
+        lw.packed_ = at::_convert_weight_to_int4pack(q8.contiguous(), kInnerKTiles);
+      } else {
+        lw.packed_ = at::_convert_weight_to_int4pack_for_cpu(q.contiguous(), kInnerKTiles);
+      }
+    } catch (const c10::Error& e) {
+      unsupported(name, "int4 weights on " + dev.str() + ": " + e.what_without_backtrace());
+    }
+  }
+  // Probe the kernel once now: an unsupported device/dtype fails at load, with the name.
+  try {
+    lw.forward(at::zeros({1, lw.k_}, at::TensorOptions().dtype(at::kBFloat16).device(dev)));
+  } catch (const c10::Error& e) {
+    unsupported(name, runtime::dtype_name(format) + " weights on " + dev.str() + ": " + e.what_without_backtrace());
+  }
+  return lw;
+}
+
+int64_t LinearWeight::storage_bytes() const {
+  int64_t b = 0;
+  for (const at::Tensor* t : {&dense_, &packed_, &scales_}) {
+    if (t->defined()) b += t->numel() * static_cast<int64_t>(t->element_size());
+  }
+  return b;
+}
+
+at::Tensor LinearWeight::forward(const at::Tensor& x, const at::Tensor& bias) const {
+  if (dense_.defined()) return at::linear(x, dense_, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  TORCH_CHECK(x.size(-1) == k_, "LinearWeight: input has ", x.size(-1), " features, weight ", k_);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = n_;
+  at::Tensor a = x.reshape({-1, k_}).contiguous();
+  at::Tensor y;
+  if (format_ == runtime::kInt8) {
+    y = at::_weight_int8pack_mm(a, packed_, scales_.to(a.scalar_type()));
+  } else if (a.is_cuda()) {
+    y = at::_weight_int4pack_mm(a, packed_, group_, scales_);
+  } else {
+    y = at::_weight_int4pack_mm_for_cpu(a, packed_, group_, scales_);
+  }
+  if (bias.defined()) y = y + bias;
+  return y.view(out_shape);
+}
+
+at::Tensor LinearWeight::dequantized() const {
+  if (dense_.defined()) return dense_.to(at::kFloat);
+  const auto dev = dense_.defined() ? dense_.device() : packed_.device();
+  at::Tensor eye = at::eye(k_, at::TensorOptions().dtype(at::kBFloat16).device(dev));
+  return forward(eye).t().to(at::kFloat).contiguous();
+}
+
+}  // namespace glmvoice::llm
