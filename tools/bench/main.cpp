@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   const Stage stages[] = {{"tokenizer", glmvoice::tools::bench_tokenizer},
                           {"llm", glmvoice::tools::bench_llm},
                           {"decoder", glmvoice::tools::bench_decoder},
-                          {"e2e", glmvoice::tools::bench_e2e}};
+                          {"e2e", glmvoice::tools::bench_e2e},
+                          {"dtypes", glmvoice::tools::bench_dtypes}};
   if (argc >= 2) {
     for (const auto& stage : stages) {
       if (std::strcmp(argv[1], stage.name) != 0) continue;
@@ -30,6 +31,6 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::fprintf(stderr, "usage: glmvoice-bench tokenizer|llm|decoder|e2e [options]\n");
+  std::fprintf(stderr, "usage: glmvoice-bench tokenizer|llm|decoder|e2e|dtypes [options]\n");
   return 2;
 }
