@@ -4,7 +4,7 @@
 //   glmvoice-bench decoder [--tokens 200] [--mode reference|fast|both] [--block-sizes LIST]
 //                          [--context-tokens 50] [--n-timesteps 10] [--device cpu]
 //                          [--dtype float32] [--threads N] [--dir DIR] [--config real-random]
-//                          [--skip-offline] [--skip-stream] [--calls]
+//                          [--skip-offline] [--skip-stream] [--calls] [--accuracy-dtype bfloat16]
 //
 // The model is written once into DIR (default /tmp/glmvoice-bench-decoder/<config>, ~530 MB
 // for real-random; --config tiny for the test size). Reported: offline decode of --tokens
@@ -13,6 +13,8 @@
 // the whole answer as prompt, spec §5.2; fast: bounded prompt window, blocks 10, 25, 50 by
 // default): total time and its ratio to offline, time to the first audio buffer, and the seam
 // quality against the offline audio (tools/bench/seam_metrics.h). --calls lists every call.
+// --accuracy-dtype D: also loads the model in dtype D (flow in D, HiFT in fp32) and compares its
+// offline mel and audio with --dtype's (max / relative L2 mel error, log-spectral distance).
 // RTF = compute time / audio duration.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -54,7 +56,7 @@ void say(const char* fmt, A... a) {
 int bench_decoder(int argc, char** argv) {
   Args args(argc, argv, 2, {"skip-offline", "skip-stream", "calls"});
   args.check_known({"tokens", "mode", "block-sizes", "context-tokens", "n-timesteps", "device", "dtype", "threads",
-                    "dir", "config", "skip-offline", "skip-stream", "calls"});
+                    "dir", "config", "skip-offline", "skip-stream", "calls", "accuracy-dtype"});
   const int64_t n_tokens = args.get_int("tokens", 200);
   const int64_t threads = args.get_int("threads", 0);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
@@ -91,7 +93,7 @@ int bench_decoder(int argc, char** argv) {
   }
 
   double offline_s = 0;
-  at::Tensor offline_audio;
+  at::Tensor offline_audio, offline_mel;
   if (!args.has("skip-offline")) {
     // One token2wav(finalize) call, timed per stage: flow (encoder + n_timesteps estimator
     // passes of batch 2) then HiFT, with the reference's seeding and draw order.
@@ -100,6 +102,7 @@ int bench_decoder(int argc, char** argv) {
     at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kInt)).to(at::kLong).unsqueeze(0);
     t0 = Clock::now();
     const at::Tensor mel = model->flow(tokens, at::Tensor(), at::Tensor(), gen, base.n_timesteps);
+    offline_mel = mel;
     const double t_flow = seconds_since(t0);
     t0 = Clock::now();
     offline_audio = model->hift(mel, at::Tensor(), gen).audio.reshape({-1});
@@ -109,6 +112,28 @@ int bench_decoder(int argc, char** argv) {
     say("offline:  %lld tokens -> %.2f s of audio (%lld samples) in %.2f s  RTF %.3f (flow %.2f s, HiFT %.2f s)\n",
         static_cast<long long>(n_tokens), dur, static_cast<long long>(offline_audio.numel()), offline_s,
         offline_s / dur, t_flow, t_hift);
+  }
+  if (args.has("accuracy-dtype") && offline_mel.defined()) {
+    // The same offline decode in another dtype (same tokens, same noise), against this one.
+    c10::InferenceMode guard;
+    ModelOptions other = options;
+    other.dtype = runtime::parse_dtype(args.get("accuracy-dtype"));
+    const auto model2 = voice::DecoderModel::load(other);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(base.seed);
+    at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kInt)).to(at::kLong).unsqueeze(0);
+    t0 = Clock::now();
+    const at::Tensor mel = model2->flow(tokens, at::Tensor(), at::Tensor(), gen, base.n_timesteps);
+    const double t_flow = seconds_since(t0);
+    t0 = Clock::now();
+    const at::Tensor audio = model2->hift(mel, at::Tensor(), gen).audio.reshape({-1});
+    const double t_hift = seconds_since(t0);
+    const at::Tensor d = (mel - offline_mel).abs();
+    const double rel = ((mel - offline_mel).norm() / offline_mel.norm()).item<double>();
+    const SeamMetrics sm = seam_metrics(audio, offline_audio, {});
+    say("offline in %s: flow %.2f s, HiFT %.2f s; mel vs %s: max abs err %.3g, mean abs err %.3g, relative L2 %.3g; "
+        "audio log-spectral distance %.2f dB\n",
+        args.get("accuracy-dtype").c_str(), t_flow, t_hift, runtime::dtype_name(options.dtype).c_str(),
+        d.max().item<double>(), d.mean().item<double>(), rel, sm.lsd_all_db);
   }
   if (args.has("skip-stream")) return 0;
 
