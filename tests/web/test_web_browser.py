@@ -89,6 +89,9 @@ def main():
         s = snapshot(a)
         check(s["rtc"]["packetsReceived"] > 0 and s["rtc"]["bytesReceived"] > 0,
               f"browser received answer audio over WebRTC: {s['rtc']['packetsReceived']} packets, {s['rtc']['bytesReceived']} bytes")
+        remote = s["rtc"].get("remoteAddress") or ""
+        check(remote.startswith("127.") or remote == "::1",
+              f"the media flows over loopback (server candidate {remote!r}), as the server is bound there")
         check(spoken["answer"]["audio"]["rms"] > MIN_ANSWER_RMS,
               f"recorded answer is not silent: rms {spoken['answer']['audio']['rms']:.4f}, {spoken['answer']['audio']['seconds']:.2f} s")
         check(spoken["user"]["seconds"] > 0.5, f"question waveform shown: {spoken['user']['seconds']:.2f} s of speech")

@@ -78,9 +78,11 @@ int run(int argc, char** argv) {
   }
   glmvoice::web::ServerOptions options;
   options.bind = args.get("bind", "127.0.0.1");
-  if (GInetAddress* address = g_inet_address_new_from_string(options.bind.c_str()))
+  if (GInetAddress* address = g_inet_address_new_from_string(options.bind.c_str())) {
+    // Served on loopback only: the WebRTC media stays on loopback too.
+    if (g_inet_address_get_is_loopback(address)) options.session.ice_address = options.bind;
     g_object_unref(address);
-  else
+  } else
     throw std::runtime_error("--bind " + options.bind + ": not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)");
   options.port = static_cast<int>(args.get_int("port", 8888));
   if (options.port < 0 || options.port > 65535) throw std::runtime_error("--port: 0..65535");

@@ -149,6 +149,16 @@ void Session::start() {
   text_in_ = gst_bin_get_by_name(GST_BIN(pipeline_), "textin");
   // Borrowed: the pipeline keeps them alive.
   for (GstElement* e : {webrtc_, llm_, gate_, text_in_}) gst_object_unref(e);
+  if (!options_.ice_address.empty()) {
+    GObject* ice = nullptr;
+    g_object_get(webrtc_, "ice-agent", &ice, NULL);
+    gboolean added = FALSE;
+    if (ice) {
+      g_signal_emit_by_name(ice, "add-local-ip-address", options_.ice_address.c_str(), &added);
+      g_object_unref(ice);
+    }
+    if (!added) g_warning("session %d: ICE could not be limited to %s", id_, options_.ice_address.c_str());
+  }
 
   // The answer audio is sent and the browser's microphone received on one transceiver.
   GstPad* sink = gst_element_get_static_pad(webrtc_, "sink_0");

@@ -31,6 +31,9 @@ struct SessionOptions {
   int endpoint_silence_ms = 600;    // glmvoicetokenize: a turn ends after this much silence
   double silence_threshold_db = -40;
   int max_new_tokens = 2000;        // initial glmvoicellm max-new-tokens
+  // ICE gathers candidates only on this address (a loopback server keeps its media on
+  // loopback too); empty = every interface.
+  std::string ice_address;
 };
 
 class Session : public std::enable_shared_from_this<Session> {

@@ -124,6 +124,10 @@ setInterval(async () => {
       state.rtc.jitter = r.jitter; state.rtc.packetsLost = r.packetsLost;
     }
     if (r.type === 'outbound-rtp' && r.kind === 'audio') state.rtc.packetsSent = r.packetsSent;
+    if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') {
+      const remote = stats.get(r.remoteCandidateId);  // the server's address the media uses
+      if (remote) state.rtc.remoteAddress = remote.address || remote.ip;
+    }
   });
   const s = state.rtc;
   $('rtc-stats').textContent = `received ${s.packetsReceived} packets, ${(s.bytesReceived / 1024).toFixed(1)} KiB` +
