@@ -160,8 +160,8 @@ TEST(Sampler, candidate_filter_equals_the_full_sort_bit_for_bit) {
     const auto sets = logit_sets(vocab);
     for (size_t set = 0; set < sets.size(); ++set) {
       const at::Tensor& z = sets[set];
-      for (double t : big ? std::vector<double>{0.2, 1.0} : std::vector<double>{0.2, 0.8, 1.0, 1.7}) {
-        for (int64_t k : big ? std::vector<int64_t>{0, 50, 2000} : std::vector<int64_t>{0, 1, 5, 50, 2000}) {
+      for (double t : big ? std::vector<double>{1.0} : std::vector<double>{0.2, 0.8, 1.0, 1.7}) {
+        for (int64_t k : big ? std::vector<int64_t>{50} : std::vector<int64_t>{0, 1, 5, 50, 2000}) {
           for (double p : big ? std::vector<double>{0.8, 1.0} : std::vector<double>{0.3, 0.8, 0.95, 1.0}) {
             for (int64_t keep : {1, 3}) {
               SamplingOptions o = opts(t, k, p);
@@ -206,10 +206,10 @@ TEST(Sampler, same_ids_as_the_full_sort_sampler_for_the_same_seed) {
     for (const at::Tensor& z : logit_sets(vocab)) {
       for (const SamplingOptions& o : {opts(0.2, 50, 0.8), opts(0.8, 50, 0.95), opts(1.0, 0, 0.8),
                                        opts(1.5, 20, 1.0), opts(1.0, 0, 1.0)}) {
-        for (uint64_t seed : big ? std::vector<uint64_t>{0, 42} : std::vector<uint64_t>{0, 1, 7, 42, 1234567}) {
+        for (uint64_t seed : big ? std::vector<uint64_t>{42} : std::vector<uint64_t>{0, 1, 7, 42, 1234567}) {
           Sampler s(seed);
           at::Generator ref = at::detail::createCPUGenerator(seed);
-          for (int step = 0; step < (big ? 4 : 12); ++step) {
+          for (int step = 0; step < (big ? 2 : 12); ++step) {
             // each step sees shifted logits, like a generation does
             at::Tensor step_z = at::roll(z, step * 37);
             const int64_t want = full_sort_sample(step_z, o, mask_from, ref);
