@@ -8,6 +8,9 @@ GType gst_glm_voice_dtype_get_type(void) {
       {GST_GLM_VOICE_DTYPE_FLOAT32, "32-bit float (reference parity)", "float32"},
       {GST_GLM_VOICE_DTYPE_BFLOAT16, "bfloat16 (GPU)", "bfloat16"},
       {GST_GLM_VOICE_DTYPE_FLOAT16, "16-bit float (GPU)", "float16"},
+      {GST_GLM_VOICE_DTYPE_INT8, "int8 weights, bfloat16 compute (LLM only)", "int8"},
+      {GST_GLM_VOICE_DTYPE_INT4, "int4 weights in groups of 128, bfloat16 compute (LLM only)", "int4"},
+      {GST_GLM_VOICE_DTYPE_AUTO, "the stage default (LLM: bfloat16 on CUDA, float32 on CPU)", "auto"},
       {0, nullptr, nullptr},
   };
   if (g_once_init_enter(&type)) {

@@ -22,6 +22,9 @@ typedef enum {
   GST_GLM_VOICE_DTYPE_FLOAT32 = 0,
   GST_GLM_VOICE_DTYPE_BFLOAT16 = 1,
   GST_GLM_VOICE_DTYPE_FLOAT16 = 2,
+  GST_GLM_VOICE_DTYPE_INT8 = 3,  // LLM only: int8 weights, bfloat16 activations
+  GST_GLM_VOICE_DTYPE_INT4 = 4,  // LLM only: int4 weights (groups of 128), bfloat16 activations
+  GST_GLM_VOICE_DTYPE_AUTO = 5,  // the stage default: LLM bfloat16 on CUDA, else float32
 } GstGlmVoiceDtype;
 
 GType gst_glm_voice_dtype_get_type(void);
@@ -39,7 +42,7 @@ G_END_DECLS
 
 namespace glmvoice::gst {
 
-// Nick of a dtype value ("float32", "bfloat16", "float16").
+// Nick of a dtype value ("float32", "bfloat16", "float16", "int8", "int4", "auto").
 const char* dtype_nick(GstGlmVoiceDtype dtype);
 
 class ModelProperties {

@@ -123,6 +123,11 @@ TokenizerConfig TokenizerConfig::load(const std::string& dir) {
 
 std::shared_ptr<const TokenizerModel> TokenizerModel::load(const ModelOptions& options) {
   c10::InferenceMode guard;
+  if (options.dtype == c10::ScalarType::Undefined) {  // "auto": this stage's default dtype
+    ModelOptions resolved = options;
+    resolved.dtype = runtime::default_dtype(runtime::Stage::kTokenizer, options.device);
+    return load(resolved);
+  }
   if (!fs::is_directory(options.path)) {
     throw Error(ErrorCode::kNotFound, options.path, "", "tokenizer model directory not found");
   }

@@ -62,6 +62,11 @@ DecoderModel::~DecoderModel() = default;
 
 std::shared_ptr<const DecoderModel> DecoderModel::load(const ModelOptions& options) {
   c10::InferenceMode guard;
+  if (options.dtype == c10::ScalarType::Undefined) {  // "auto": this stage's default dtype
+    ModelOptions resolved = options;
+    resolved.dtype = runtime::default_dtype(runtime::Stage::kDecoder, options.device);
+    return load(resolved);
+  }
   namespace fs = std::filesystem;
   if (!fs::is_directory(options.path)) {
     throw Error(ErrorCode::kNotFound, options.path, "", "decoder model directory not found");

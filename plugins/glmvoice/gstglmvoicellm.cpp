@@ -182,7 +182,8 @@ using glmvoice::gst::QueuedTurn;
 
 struct GstGlmVoiceLlmImpl {
   // Settings: protected by the object lock; copied out at every turn start.
-  glmvoice::gst::ModelProperties model_props{PROP_MODEL_PATH, MODEL_SUBDIR};  // model-path, device, dtype
+  // model-path, device, dtype (default auto: bfloat16 on CUDA, float32 on CPU; llm.md §3.7)
+  glmvoice::gst::ModelProperties model_props{PROP_MODEL_PATH, MODEL_SUBDIR, GST_GLM_VOICE_DTYPE_AUTO};
   glmvoice::gst::LatencyBudget latency{PROP_LATENCY};
   gdouble temperature = DEFAULT_TEMPERATURE;
   gdouble top_p = DEFAULT_TOP_P;
@@ -262,7 +263,8 @@ static void gst_glm_voice_llm_class_init(GstGlmVoiceLlmClass* klass) {
 
   /* model-path (empty: $GLMVOICE_MODEL_DIR/glm-4-voice-9b), device, dtype (an enum). */
   glmvoice::gst::ModelProperties::install(gobject_class, PROP_MODEL_PATH, MODEL_SUBDIR,
-                                          "config.json, model*.safetensors, tokenizer_config.json");
+                                          "config.json, model*.safetensors, tokenizer_config.json",
+                                          GST_GLM_VOICE_DTYPE_AUTO);
   /**
    * GstGlmVoiceLlm:temperature:
    * Sampling temperature; 0 = greedy (argmax). Read at the start of every turn.

@@ -381,6 +381,29 @@ TEST(GlmVoiceLlm, test_properties) {
   gst_object_unref(e);
 }
 
+TEST(GlmVoiceLlm, test_dtype_defaults_to_auto_and_accepts_weight_only_formats) {
+  // auto = bfloat16 on CUDA, float32 on CPU (llm.md §3.7); int8 / int4 = weight-only LLM.
+  GstElement* e = gst_element_factory_make("glmvoicellm", nullptr);
+  ASSERT_NE(e, nullptr);
+  GParamSpec* spec = g_object_class_find_property(G_OBJECT_GET_CLASS(e), "dtype");
+  ASSERT_NE(spec, nullptr);
+  GEnumValue* def = g_enum_get_value(G_PARAM_SPEC_ENUM(spec)->enum_class, G_PARAM_SPEC_ENUM(spec)->default_value);
+  ASSERT_NE(def, nullptr);
+  EXPECT_STREQ(def->value_nick, "auto");
+  for (const char* nick : {"int8", "int4"}) {
+    EXPECT_NE(g_enum_get_value_by_nick(G_PARAM_SPEC_ENUM(spec)->enum_class, nick), nullptr) << nick;
+  }
+  gst_object_unref(e);
+  Llm llm("tiny-script");
+  gst_util_set_object_arg(G_OBJECT(llm.element), "dtype", "int8");
+  ASSERT_EQ(llm.push_tokens({1}), GST_FLOW_OK);  // loads (int8 weights) and answers
+  llm.end_turn();
+  EXPECT_NE(wait_end_of_response(llm.speech), "(timeout)");
+  GstMessage* m = gst_bus_pop_filtered(llm.bus, GST_MESSAGE_ERROR);
+  EXPECT_EQ(m, nullptr) << "int8 LLM posted an error";
+  if (m) gst_message_unref(m);
+}
+
 TEST(GlmVoiceLlm, test_text_segments_mode) {
   Llm llm("tiny-script");
   g_object_set(llm.element, "text-segments", TRUE, NULL);
