@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <system_error>
+#include <vector>
 
 #include <unistd.h>
 
@@ -16,12 +18,44 @@ namespace fs = std::filesystem;
 
 namespace glmvoice::test {
 
+namespace {
+
+bool has_fixtures(const fs::path& dir) { return fs::is_directory(dir / "tiny-a"); }
+
+// The directory holding the running test binary (/proc/self/exe), or "" if unknown.
+fs::path executable_dir() {
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : exe.parent_path();
+}
+
+}  // namespace
+
+// Found at run time, never baked in: a build tree moved or cloned elsewhere still finds the
+// fixtures beside its own source tree, and CI sees a missing folder as a failure.
 std::string fixtures_dir() {
   if (const char* env = std::getenv("GLMVOICE_FIXTURES")) {
-    return fs::is_directory(env) ? std::string(env) : std::string();
+    return has_fixtures(env) ? fs::weakly_canonical(env).string() : std::string();
   }
-  fs::path dir = fs::path(GLMVOICE_SOURCE_ROOT) / ".." / "shared" / "fixtures";
-  return fs::is_directory(dir / "tiny-a") ? fs::weakly_canonical(dir).string() : std::string();
+  std::vector<fs::path> candidates;
+  if (const char* src = std::getenv("GLMVOICE_SOURCE_ROOT")) {  // set by meson (tests/meson.build)
+    candidates.push_back(fs::path(src) / ".." / "shared" / "fixtures");
+  }
+  // Otherwise the first ancestor of the binary's folder with shared/fixtures beside it
+  // (build/ is usually inside the source tree, and ../shared next to that).
+  for (fs::path dir = executable_dir(); !dir.empty(); dir = dir.parent_path()) {
+    candidates.push_back(dir / "shared" / "fixtures");
+    if (dir == dir.root_path()) break;
+  }
+  for (const auto& dir : candidates) {
+    if (has_fixtures(dir)) return fs::weakly_canonical(dir).string();
+  }
+  return std::string();
+}
+
+bool fixtures_required() {
+  const char* ci = std::getenv("CI");
+  return ci && (std::string(ci) == "true" || std::string(ci) == "1");
 }
 
 std::string scratch_dir(const std::string& name) {

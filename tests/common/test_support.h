@@ -6,8 +6,12 @@
 
 namespace glmvoice::test {
 
-// ../shared/fixtures next to the source tree (GLMVOICE_FIXTURES overrides), or "" if absent.
+// The reference fixtures, found at run time: $GLMVOICE_FIXTURES, else
+// $GLMVOICE_SOURCE_ROOT/../shared/fixtures, else shared/fixtures beside an ancestor of the
+// test binary's folder; "" if none holds tiny-a/.
 std::string fixtures_dir();
+// True under CI (CI=true): a missing fixtures folder is then a failure, not a skip.
+bool fixtures_required();
 // A fresh empty directory under the build tree, unique per call.
 std::string scratch_dir(const std::string& name);
 // Tiny models written once per test process into the build tree (kind: tokenizer|llm|decoder).
@@ -17,9 +21,13 @@ std::string tool_path(const std::string& name);
 
 }  // namespace glmvoice::test
 
-// Skips the current gtest when the shared fixtures are absent, saying so.
-#define GLMVOICE_REQUIRE_FIXTURES()                                                   \
-  do {                                                                                \
-    if (::glmvoice::test::fixtures_dir().empty())                                     \
-      GTEST_SKIP() << "../shared/fixtures not found (set GLMVOICE_FIXTURES): skipped"; \
+// Skips the current gtest when the shared fixtures are absent, saying so; under CI=true the
+// test fails instead, so a CI run without fixtures cannot pass by checking nothing.
+#define GLMVOICE_REQUIRE_FIXTURES()                                                          \
+  do {                                                                                       \
+    if (::glmvoice::test::fixtures_dir().empty()) {                                          \
+      if (::glmvoice::test::fixtures_required())                                             \
+        GTEST_FAIL() << "CI=true and ../shared/fixtures not found (set GLMVOICE_FIXTURES)";   \
+      GTEST_SKIP() << "../shared/fixtures not found (set GLMVOICE_FIXTURES): skipped";        \
+    }                                                                                        \
   } while (0)
