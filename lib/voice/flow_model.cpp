@@ -9,6 +9,7 @@
 
 #include "io/error.h"
 #include "io/torch_pickle.h"
+#include "voice/noise_draws.h"
 #include "voice/weight_table.h"
 
 namespace glmvoice::voice {
@@ -354,7 +355,7 @@ at::Tensor FlowModel::inference(const at::Tensor& tokens, const at::Tensor& prom
 
   // §3.6 ConditionalCFM: noise for all M frames drawn on the CPU generator, cosine schedule,
   // Euler with classifier-free guidance. t and dt stay 0-dim tensors as upstream.
-  at::Tensor z = at::randn({1, n_mel, M}, gen, at::TensorOptions().dtype(at::kFloat)) * 1.0;
+  at::Tensor z = draw_randn({1, n_mel, M}, gen, "flow.z") * 1.0;
   at::Tensor xt = z.to(device_, dtype_);
   at::Tensor t_span = at::linspace(0, 1, n_timesteps + 1, at::TensorOptions().dtype(at::kFloat));
   if (config_.cosine_schedule) t_span = 1 - at::cos(t_span * 0.5 * M_PI);

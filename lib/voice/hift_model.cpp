@@ -7,6 +7,7 @@
 
 #include "io/error.h"
 #include "io/torch_pickle.h"
+#include "voice/noise_draws.h"
 #include "voice/weight_table.h"
 
 namespace glmvoice::voice {
@@ -159,16 +160,16 @@ HiftOutput HiftModel::inference(const at::Tensor& mel_in, const at::Tensor& cach
   at::Tensor F = at::cat(rows, 1);                                                   // [1, H, L]
   at::Tensor theta = (2 * M_PI) * at::remainder(at::cumsum(F, -1), 1);
   at::Tensor low = at::scalar_tensor(-M_PI, cpu_f32), high = at::scalar_tensor(M_PI, cpu_f32);
-  at::Tensor phase = low + at::rand({1, H, 1}, gen, cpu_f32) * (high - low);          // draw #2
+  at::Tensor phase = low + draw_rand({1, H, 1}, gen, "hift.phase") * (high - low);          // draw #2
   phase.select(1, 0).zero_();
   at::Tensor sine = c.nsf_alpha * at::sin(theta + phase.to(device_));
   at::Tensor uv = (f0_up > c.nsf_voiced_threshold).to(at::kFloat);
   at::Tensor noise_amp = uv * c.nsf_sigma + (1 - uv) * c.nsf_alpha / 3;
-  at::Tensor noise = noise_amp * at::randn({1, H, L}, gen, cpu_f32).to(device_);      // draw #3
+  at::Tensor noise = noise_amp * draw_randn({1, H, L}, gen, "hift.noise").to(device_);      // draw #3
   sine = sine * uv + noise;
   // 4. SourceModuleHnNSF: tanh(Linear over harmonics); upstream's unused noise = draw #4.
   at::Tensor s = at::tanh(at::linear(sine.transpose(1, 2), l_linear_w_, l_linear_b_));  // [1, L, 1]
-  if (draw_unused_noise) (void)at::randn({1, L, 1}, gen, cpu_f32);
+  if (draw_unused_noise) (void)draw_randn({1, L, 1}, gen, "hift.unused_noise");
   s = s.transpose(1, 2).contiguous();                                                // [1, 1, L]
   // 5. Cache splice.
   const int64_t S = cache_source.numel() == 0 ? 0 : cache_source.size(2);

@@ -1,12 +1,14 @@
 // glmvoice-cli commands of the voice room: flow, vocode, decode (ARCHITECTURE.md contract).
 //   flow   --model DECDIR TOKENS.npy [--seed S]                -o MEL.npy   float32 [80, frames]
-//   vocode --model DECDIR MEL.npy [--seed S]                   -o WAVE.npy  float32 [samples]
+//   vocode --model DECDIR MEL.npy [--seed S] [--after-flow-noise] -o WAVE.npy float32 [samples]
 //   decode --model DECDIR TOKENS.npy [--stream] [--seed S]     -o OUT.wav|OUT.npy
 //          --stream: token by token through DecoderState; --mode reference (upstream's schedule,
 //          default) or fast (bounded prompt window --context-tokens, default 50; default
 //          block sizes 10,25,50); --block-sizes 25,50,100 overrides the schedule.
 // --seed seeds a private CPU generator right before the stage draws its noise, in the
 // reference's order and shapes (decoder spec §5.4), so a CPU run reproduces its draws.
+// vocode --after-flow-noise first draws the CFM noise [1, n_mel, frames] an offline
+// token2wav call draws before HiFT, so its output is that call's speech (offline.speech).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
@@ -112,8 +114,10 @@ int cmd_flow(int argc, char** argv) {
 }
 
 int cmd_vocode(int argc, char** argv) {
-  Args args(argc, argv, 2, {"verbose"});
-  args.check_known(kCommon);
+  Args args(argc, argv, 2, {"verbose", "after-flow-noise"});
+  auto known = kCommon;
+  known.insert("after-flow-noise");
+  args.check_known(known);
   const std::string in = args.positional(0, "MEL.npy");
   const std::string out = args.get("out");
   auto model = load_model(args);
@@ -124,6 +128,7 @@ int cmd_vocode(int argc, char** argv) {
     throw std::runtime_error(in + ": expected a mel of shape [" + std::to_string(model->n_mel()) + ", frames]");
   }
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed_of(args));
+  if (args.has("after-flow-noise")) (void)at::randn(mel.sizes(), gen, at::TensorOptions().dtype(at::kFloat));
   auto r = model->hift(mel, at::Tensor(), gen);
   io::write_npy(out, r.audio.reshape({-1}).contiguous());
   return 0;

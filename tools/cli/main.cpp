@@ -26,7 +26,7 @@ const Command kCommands[] = {
     {"generate", glmvoice::tools::cmd_generate,
      "--model LLMDIR IDS.npy --max-new-tokens N [--greedy | --temperature T --top-p P --seed S] -o OUT.npy"},
     {"flow", glmvoice::tools::cmd_flow, "--model DECDIR TOKENS.npy [--seed S] -o MEL.npy"},
-    {"vocode", glmvoice::tools::cmd_vocode, "--model DECDIR MEL.npy [--seed S] -o WAVE.npy"},
+    {"vocode", glmvoice::tools::cmd_vocode, "--model DECDIR MEL.npy [--seed S] [--after-flow-noise] -o WAVE.npy"},
     {"decode", glmvoice::tools::cmd_decode, "--model DECDIR TOKENS.npy [--stream [--mode reference|fast] [--context-tokens N] [--block-sizes LIST]] [--seed S] -o OUT.wav|OUT.npy"},
 };
 

@@ -1,11 +1,13 @@
 // Parity of lib/voice with the upstream Python reference (../shared/fixtures/tiny-a/decoder):
-// random draws exact, flow taps and mel within the manifest tolerance, HiFT f0/source/audio,
-// and the web_demo streaming schedule (25, 50, 25 final) block by block.
+// the decoder's own random draws (recorded through voice/noise_draws.h) equal upstream's RNG
+// log in order, shape and value; flow taps and mel within the manifest tolerance; HiFT
+// f0/source/audio; the web_demo streaming schedule (25, 50, 25 final) block by block.
 //
-// The reference ran PyTorch 1.13 on CPU (OpenBLAS); we run libtorch 2.11 (MKL). Float-level
-// differences in the mel move the audio through SineGen's phase accumulation (spec P16), so
-// audio is compared sample-wise on the first 1024 samples of each HiFT call and by the
-// relative L2 error of STFT magnitudes over the call, as the spec prescribes.
+// The reference ran PyTorch 2.3 on CPU; we run libtorch 2.11. Float-level differences in the
+// mel move the audio through SineGen's phase accumulation (spec P16), so audio is compared as
+// the spec prescribes: sample-wise on the first 1024 samples of EVERY HiFT call (from its
+// first sample, streamed calls included) and by the relative L2 error of STFT magnitudes over
+// the call.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -14,6 +16,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "io/json_config.h"
 #include "io/npy.h"
@@ -21,6 +25,7 @@
 #include "voice/decoder_model.h"
 #include "voice/flow_model.h"
 #include "voice/hift_model.h"
+#include "voice/noise_draws.h"
 
 namespace {
 
@@ -79,35 +84,95 @@ void expect_exact(const std::string& key, const at::Tensor& got_in, const at::Te
   }
 }
 
-// Spec P16: 1024 samples where the source phase restarts within tolerance, relative L2 error of
-// STFT magnitudes <= 1e-2 over the call. A call that starts with the previous call's cached
-// source (streaming blocks 1, 2, ...) carries that call's accumulated phase drift in its first
-// 256 samples and, through the trunk's receptive field, a little beyond: there the sample-wise
-// window starts at `offset` = 1024.
+// Spec P16: the first 1024 samples of the call within the manifest tolerance, relative L2 error
+// of STFT magnitudes <= 1e-2 over the call.
+//
+// Widened, with its reason: a streamed call after the first starts its source with the
+// previous call's last `cached` source samples (the one-frame HiFT cache, spec 5.2). Those
+// carry the previous call's accumulated phase drift (P16: the source is off by up to ~5e-4 at
+// the end of a call, measured 4.6e-4 on offline.source), and the trunk's receptive field
+// spreads it over about as many samples again. So samples [0, 2 * cached) of such a call get
+// atol 1e-2 (measured: 6.4e-3 on block 2, after an 88k-sample block 1); every other sample of
+// the first 1024 keeps the manifest tolerance.
 void expect_audio_close(const std::string& key, const at::Tensor& got_in, const at::Tensor& want_in,
-                        int64_t offset = 0) {
+                        int64_t cached = 0) {
+  constexpr double kCachedSourceAtol = 1e-2;
   at::Tensor got = got_in.to(at::kFloat).reshape({-1});
   at::Tensor want = want_in.to(at::kFloat).reshape({-1});
   ASSERT_EQ(got.numel(), want.numel()) << key << ": length";
   const Tol tol = tolerance(key);
-  offset = std::min<int64_t>(offset, want.numel());
-  const int64_t head = std::min<int64_t>(1024, want.numel() - offset);
+  const int64_t head = std::min<int64_t>(1024, want.numel());
+  const int64_t widened = std::min<int64_t>(2 * cached, head);
   at::Tensor err_all = (got - want).abs();
-  at::Tensor err = err_all.slice(0, offset, offset + head);
+  at::Tensor err = err_all.slice(0, 0, head);
+  at::Tensor bound = tol.atol + tol.rtol * want.slice(0, 0, head).abs();
+  if (widened > 0) bound.slice(0, 0, widened).clamp_min_(kCachedSourceAtol);
   const double max_head = err.numel() ? err.max().item<double>() : 0.0;
-  const int64_t bad =
-      (err > tol.atol + tol.rtol * want.slice(0, offset, offset + head).abs()).sum().item<int64_t>();
+  const double max_rest = head > widened ? err.slice(0, widened, head).max().item<double>() : 0.0;
+  const int64_t bad = (err > bound).sum().item<int64_t>();
   at::Tensor win = at::hann_window(1024);
   auto mag = [&](const at::Tensor& x) {
     return at::stft(x, 1024, 256, 1024, win, true, "reflect", false, true, true).abs();
   };
   at::Tensor mg = mag(got), mw = mag(want);
   const double rel = ((mg - mw).norm() / mw.norm()).item<double>();
-  std::printf("[parity] %-22s max abs err %.3g (all), %.3g (samples %lld..%lld), STFT-magnitude rel err %.3g\n",
-              key.c_str(), err_all.max().item<double>(), max_head, static_cast<long long>(offset),
-              static_cast<long long>(offset + head), rel);
-  EXPECT_EQ(bad, 0) << key << ": samples from " << offset << ", max abs error " << max_head;
+  std::printf("[parity] %-22s max abs err %.3g (all), %.3g (samples 0..%lld; %.3g from %lld), STFT-magnitude rel "
+              "err %.3g\n",
+              key.c_str(), err_all.max().item<double>(), max_head, static_cast<long long>(head), max_rest,
+              static_cast<long long>(widened), rel);
+  EXPECT_EQ(bad, 0) << key << ": first " << head << " samples, max abs error " << max_head;
   EXPECT_LE(rel, 1e-2) << key << ": STFT magnitude relative error";
+}
+
+// The draws the decoder made, in order, as recorded through voice::set_draw_recorder.
+struct RecordedDraw {
+  std::string what;
+  at::Tensor values;
+};
+
+class DrawLog {
+ public:
+  DrawLog() {
+    glmvoice::voice::set_draw_recorder(
+        [this](const char* what, const at::Tensor& v) { draws.push_back({what, v.clone()}); });
+  }
+  ~DrawLog() { glmvoice::voice::set_draw_recorder({}); }
+  std::vector<RecordedDraw> draws;
+};
+
+// Upstream's RNG log for one prefix ("offline.rng" or "stream.rng") in call order: fixture
+// key and whether that draw is stored whole or as its first 4096 values (".head").
+std::vector<std::string> reference_draw_keys(const std::string& prefix) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> keys;
+  for (int i = 0;; ++i) {
+    const std::string k = prefix + std::to_string(i);
+    if (fs::exists(ref_dir() + "/" + k + ".npy")) keys.push_back(k);
+    else if (fs::exists(ref_dir() + "/" + k + ".head.npy")) keys.push_back(k + ".head");
+    else break;
+  }
+  return keys;
+}
+
+// Each recorded draw equals upstream's draw of the same index: same shape (from the
+// manifest), same values (exactly; ".head" keys compare the first 4096).
+void expect_draws_match(const std::vector<RecordedDraw>& got, const std::string& prefix) {
+  const auto keys = reference_draw_keys(prefix);
+  ASSERT_FALSE(keys.empty()) << prefix;
+  auto manifest = glmvoice::io::JsonConfig::load(ref_dir() + "/manifest.json");
+  // The unused NSF-noise draw (#4 in spec 5.4) is optional; upstream's log has it, so must we.
+  ASSERT_EQ(got.size(), keys.size()) << prefix << ": number of draws";
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& key = keys[i];
+    const bool head = key.size() > 5 && key.compare(key.size() - 5, 5, ".head") == 0;
+    if (!head) {
+      const auto& shape = manifest.json().at(key).at("shape");
+      EXPECT_EQ(got[i].values.sizes().vec(), shape.get<std::vector<int64_t>>()) << key << " (" << got[i].what << ")";
+    }
+    at::Tensor mine = got[i].values.reshape({-1});
+    if (head) mine = mine.slice(0, 0, 4096);
+    expect_exact(key + " (" + got[i].what + ")", mine, fixture(key));
+  }
 }
 
 class ParityDecoder : public ::testing::Test {
@@ -120,17 +185,15 @@ class ParityDecoder : public ::testing::Test {
 
 at::Tensor tokens() { return fixture("tokens").to(at::kLong); }
 
-TEST_F(ParityDecoder, test_rng_draws_exact) {
-  c10::InferenceMode guard;
-  const int64_t L = fixture("offline.speech").size(1);
-  auto f32 = at::TensorOptions().dtype(at::kFloat);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(42);
-  expect_exact("offline.rng0", at::randn({1, 80, model()->mel_len(100)}, gen, f32), fixture("offline.rng0"));
-  expect_exact("offline.rng1", at::rand({1, 9, 1}, gen, f32), fixture("offline.rng1"));
-  expect_exact("offline.rng2.head", at::randn({1, 9, L}, gen, f32).reshape({-1}).slice(0, 0, 4096),
-               fixture("offline.rng2.head"));
-  expect_exact("offline.rng3.head", at::randn({1, L, 1}, gen, f32).reshape({-1}).slice(0, 0, 4096),
-               fixture("offline.rng3.head"));
+TEST_F(ParityDecoder, test_offline_decode_draws_match_reference) {
+  // Draw order, shapes and values of one offline token2wav call (spec 5.4: reseed, CFM noise,
+  // SineGen phases, SineGen noise, unused NSF noise), recorded from the decoder itself.
+  at::Tensor ids = tokens().reshape({-1}).to(at::kInt).contiguous();
+  std::vector<int32_t> v(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
+  DecoderState state(model());
+  DrawLog log;
+  state.decode_offline(v);
+  expect_draws_match(log.draws, "offline.rng");
 }
 
 TEST_F(ParityDecoder, test_offline_flow) {
@@ -188,37 +251,25 @@ TEST_F(ParityDecoder, test_stream_blocks) {
     expect_close(k + ".mu", reports[b].mu, fixture(k + ".mu"));
     expect_close(k + ".mel", reports[b].mel, fixture(k + ".mel"));
     expect_close(k + ".f0", reports[b].f0, fixture(k + ".f0"));
-    expect_audio_close(k + ".speech", reports[b].speech, fixture(k + ".speech"), b == 0 ? 0 : 1024);
+    // Calls after the first start from the previous call's cached source (one frame).
+    expect_audio_close(k + ".speech", reports[b].speech, fixture(k + ".speech"),
+                       b == 0 ? 0 : model()->samples_per_frame());
   }
   at::Tensor all = at::cat(parts, 0);
   EXPECT_EQ(all.numel(), 176128);
   expect_audio_close("stream.speech", all, fixture("stream.speech"));
 }
 
-TEST_F(ParityDecoder, test_stream_rng_draws_exact) {
-  c10::InferenceMode guard;
-  auto f32 = at::TensorOptions().dtype(at::kFloat);
-  const int64_t M[3] = {172, 516, 689};
-  const int64_t L[3] = {138 * 256, 345 * 256, 207 * 256};
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  for (int b = 0; b < 3; ++b) {
-    gen.set_current_seed(42);
-    const std::string base = "stream.rng";
-    at::Tensor d0 = at::randn({1, 80, M[b]}, gen, f32);
-    at::Tensor d1 = at::rand({1, 9, 1}, gen, f32);
-    at::Tensor d2 = at::randn({1, 9, L[b]}, gen, f32);
-    at::Tensor d3 = at::randn({1, L[b], 1}, gen, f32);
-    const int k = 4 * b;
-    expect_exact(base + std::to_string(k), d0, fixture(base + std::to_string(k)));
-    expect_exact(base + std::to_string(k + 1), d1, fixture(base + std::to_string(k + 1)));
-    const std::string k2 = base + std::to_string(k + 2);
-    const std::string k3 = base + std::to_string(k + 3);
-    namespace fs = std::filesystem;
-    if (fs::exists(ref_dir() + "/" + k2 + ".npy")) expect_exact(k2, d2, fixture(k2));
-    else expect_exact(k2 + ".head", d2.reshape({-1}).slice(0, 0, 4096), fixture(k2 + ".head"));
-    if (fs::exists(ref_dir() + "/" + k3 + ".npy")) expect_exact(k3, d3, fixture(k3));
-    else expect_exact(k3 + ".head", d3.reshape({-1}).slice(0, 0, 4096), fixture(k3 + ".head"));
-  }
+TEST_F(ParityDecoder, test_stream_draws_match_reference) {
+  // The streaming schedule reseeds before every token2wav call and draws with the prompt
+  // frames included (spec 5.4): 3 calls x 4 draws, recorded from the decoder itself.
+  at::Tensor ids = tokens().reshape({-1}).to(at::kInt).contiguous();
+  std::vector<int32_t> v(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
+  DecoderState state(model());
+  DrawLog log;
+  for (int32_t id : v) state.push(&id, 1);
+  state.finish();
+  expect_draws_match(log.draws, "stream.rng");
 }
 
 }  // namespace

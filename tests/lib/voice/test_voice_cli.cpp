@@ -54,13 +54,25 @@ TEST(VoiceCli, test_flow_matches_reference) {
 
 TEST(VoiceCli, test_vocode_reference_mel) {
   GLMVOICE_REQUIRE_FIXTURES();
+  // HiFT alone on the reference mel, with the generator where an offline token2wav call has it
+  // (after the CFM noise): the output is upstream's offline.speech. Compared as spec P16 says:
+  // the first 1024 samples within the manifest tolerance (atol 2e-3, rtol 1e-3), then the
+  // relative L2 error of the whole waveform (phase drift grows along the call, P16).
   const std::string out = glmvoice::test::scratch_dir("cli-vocode") + "/wave.npy";
-  Result r = run("vocode --model " + ref_model() + " " + ref("offline.mel.npy") + " -o " + out);
+  Result r = run("vocode --model " + ref_model() + " " + ref("offline.mel.npy") + " --seed 42 --after-flow-noise -o " +
+                 out);
   ASSERT_EQ(r.status, 0) << r.output;
   at::Tensor wave = glmvoice::io::read_npy(out);
+  at::Tensor want = glmvoice::io::read_npy(ref("offline.speech.npy")).reshape({-1});
   ASSERT_EQ(wave.dim(), 1);
-  EXPECT_EQ(wave.size(0), 689 * 256);
-  EXPECT_LE(wave.abs().max().item<float>(), 0.99f);
+  ASSERT_EQ(wave.size(0), want.size(0));
+  const at::Tensor head = (wave.slice(0, 0, 1024) - want.slice(0, 0, 1024)).abs();
+  const at::Tensor bound = 2e-3 + 1e-3 * want.slice(0, 0, 1024).abs();
+  const double rel = ((wave - want).norm() / want.norm()).item<double>();
+  std::printf("[cli] vocode first 1024 samples max abs err %.3g, whole-call relative L2 err %.3g\n",
+              head.max().item<double>(), rel);
+  EXPECT_TRUE((head <= bound).all().item<bool>()) << "max abs err " << head.max().item<double>();
+  EXPECT_LT(rel, 1e-2);  // P16: 0.1-0.3 % relative RMS error from phase drift (measured 0.16 %)
 }
 
 TEST(VoiceCli, test_decode_stream) {
@@ -71,10 +83,24 @@ TEST(VoiceCli, test_decode_stream) {
   at::Tensor s = glmvoice::io::read_npy(dir + "/stream.npy");
   at::Tensor want = glmvoice::io::read_npy(ref("stream.speech.npy"));
   ASSERT_EQ(s.numel(), 176128) << "spec §5.2: 100 tokens stream to 176128 samples";
-  // first block (no cached source) sample-wise; later samples drift in phase (spec P16)
-  const double err = max_abs_diff(s.slice(0, 0, 1024), want.slice(0, 0, 1024));
-  std::printf("[cli] decode --stream first 1024 samples max abs err %.3g\n", err);
-  EXPECT_LT(err, 2e-3);
+  // Every HiFT call sample-wise from its first sample (spec P16: the first 1024 samples of each
+  // call). stream.speech is the three calls' speech back to back, so call b starts where the
+  // reference's blocks before it end.
+  int64_t start = 0;
+  for (int b = 0; b < 3; ++b) {
+    at::Tensor block = glmvoice::io::read_npy((ref)("stream.block" + std::to_string(b) + ".speech.npy")).reshape({-1});
+    // Calls after the first begin with the previous call's cached source (256 samples), which
+    // carries that call's phase drift (P16): their first 512 samples get atol 1e-2, as in
+    // tests/lib/voice/test_parity_decoder.cpp; the rest of the first 1024 the manifest's 2e-3.
+    const int64_t widened = b == 0 ? 0 : 512;
+    const double err_cached = widened ? max_abs_diff(s.slice(0, start, start + widened), block.slice(0, 0, widened)) : 0;
+    const double err = max_abs_diff(s.slice(0, start + widened, start + 1024), block.slice(0, widened, 1024));
+    std::printf("[cli] decode --stream call %d: first 1024 samples max abs err %.3g (first %lld: %.3g)\n", b, err,
+                static_cast<long long>(widened), err_cached);
+    EXPECT_LT(err, 2e-3) << "call " << b;  // manifest atol
+    EXPECT_LT(err_cached, 1e-2) << "call " << b;
+    start += block.numel();
+  }
 }
 
 TEST(VoiceCli, test_decode_stream_modes) {
