@@ -329,7 +329,15 @@ at::Tensor LlmModel::attend(const at::Tensor& q, const at::Tensor& K, const at::
   const int64_t hpg = c.heads_per_group();
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   at::Tensor qg = q.reshape({T, ng, hpg, d}).permute({1, 2, 0, 3}).reshape({ng, hpg * T, d});
-  at::Tensor scores = at::matmul(qg, K.transpose(1, 2)) * scale;  // [ng, hpg·T, S]
+  // In a 16-bit dtype, round like the reference's torch 2.3 CPU SDPA (flash) kernel: scores and
+  // their scaling in f32, exp(s - max) in f32 rounded to the 16-bit dtype for the product with
+  // V (f32 accumulation), division by the f32 sum, one rounding of the output. Plain 16-bit
+  // matmul + softmax leaves bf16 logits as far from the bf16 reference as f32 compute
+  // (tests/lib/llm/test_llm_parity.cpp: mean abs err 9.8e-3 vs 5.0e-4 rounded like the kernel).
+  const auto dtype = q.scalar_type();
+  const bool reduced = dtype != at::kFloat && dtype != at::kDouble;
+  at::Tensor scores = reduced ? at::matmul(qg.to(at::kFloat), K.to(at::kFloat).transpose(1, 2)) * scale
+                              : at::matmul(qg, K.transpose(1, 2)) * scale;  // [ng, hpg·T, S]
   if (T > 1) {
     const auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
     at::Tensor qi = at::arange(P, P + T, opts).unsqueeze(1);
@@ -337,8 +345,13 @@ at::Tensor LlmModel::attend(const at::Tensor& q, const at::Tensor& K, const at::
     scores = scores.view({ng, hpg, T, S}).masked_fill(kj > qi, -std::numeric_limits<double>::infinity())
                  .view({ng, hpg * T, S});
   }
-  at::Tensor probs = at::softmax(scores, -1);
-  at::Tensor ctx = at::matmul(probs, V);  // [ng, hpg·T, d]
+  at::Tensor ctx;  // [ng, hpg·T, d]
+  if (reduced) {
+    at::Tensor e = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp();
+    ctx = (at::matmul(e.to(dtype).to(at::kFloat), V.to(at::kFloat)) / e.sum(-1, /*keepdim=*/true)).to(dtype);
+  } else {
+    ctx = at::matmul(at::softmax(scores, -1), V);
+  }
   return ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
 }
 
