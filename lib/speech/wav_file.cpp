@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "io/error.h"
+#include "speech/resample.h"
 
 namespace glmvoice::speech {
 
@@ -27,10 +28,20 @@ constexpr uint16_t kFormatExtensible = 0xFFFE;
 }  // namespace
 
 WavData read_wav(const std::string& path) {
-  c10::InferenceMode guard;
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorCode::kNotFound, path, "", "cannot open WAV file");
-  const std::vector<unsigned char> d((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_wav(bytes.data(), bytes.size(), path);
+}
+
+WavData parse_wav(const uint8_t* file_data, size_t file_size, const std::string& path) {
+  c10::InferenceMode guard;
+  struct View {
+    const uint8_t* p;
+    size_t n;
+    const uint8_t* data() const { return p; }
+    size_t size() const { return n; }
+  } d{file_data, file_size};
   if (d.size() < 12 || std::memcmp(d.data(), "RIFF", 4) != 0 || std::memcmp(d.data() + 8, "WAVE", 4) != 0) {
     throw Error(ErrorCode::kBadFile, path, "RIFF", "not a RIFF/WAVE file");
   }
@@ -102,11 +113,10 @@ WavData read_wav(const std::string& path) {
 at::Tensor read_wav_mono16k(const std::string& path) {
   c10::InferenceMode guard;
   WavData wav = read_wav(path);
-  if (wav.sample_rate != 16000) {
-    throw Error(ErrorCode::kBadInput, path, "sample_rate",
-                std::to_string(wav.sample_rate) + " Hz; the tokenizer needs 16000 Hz (resample first)");
-  }
-  return wav.samples[0].contiguous();
+  constexpr int64_t kTokenizerRate = 16000;  // WhisperFeatureExtractor sampling_rate upstream
+  at::Tensor channel0 = wav.samples[0].contiguous();
+  if (wav.sample_rate == kTokenizerRate) return channel0;
+  return resample(channel0, wav.sample_rate, kTokenizerRate);
 }
 
 }  // namespace glmvoice::speech

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -16,9 +17,12 @@ struct WavData {
 
 // Throws glmvoice::Error (kNotFound, kBadFile naming the chunk or field).
 WavData read_wav(const std::string& path);
+// As read_wav on a whole file held in memory (`path` names it in errors; the fuzz target).
+WavData parse_wav(const uint8_t* data, size_t size, const std::string& path);
 
-// Channel 0 of a 16 kHz file as f32 [n] (upstream takes audio[0], no downmix; spec §4.1).
-// Other rates are refused (kBadInput): resample first (e.g. sox IN.wav -r 16000 OUT.wav).
+// Channel 0 as f32 [n] at 16 kHz, as upstream's extract_speech_token prepares any file:
+// torchaudio.load, Resample(rate, 16000) when the rate differs (speech/resample.h), then
+// audio[0] (no downmix; spec §4.1). Resampling is per channel, so channel 0 alone is resampled.
 at::Tensor read_wav_mono16k(const std::string& path);
 
 }  // namespace glmvoice::speech

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -103,8 +104,9 @@ TEST(CliSpeech, test_bad_input_fails_with_one_line) {
   const std::string dir = glmvoice::test::scratch_dir("cli-speech-bad");
   const std::string model = quote(glmvoice::test::tiny_model_dir("tokenizer", "mk-a"));
   write_wav(dir + "/44k.wav", glmvoice::test::make_clip(4410, 1), 44100);
+  std::ofstream(dir + "/text.wav") << "not a wav file";
   for (const std::string& args :
-       {"tokenize --model " + model + " " + quote(dir + "/44k.wav") + " -o " + quote(dir + "/x.npy"),
+       {"tokenize --model " + model + " " + quote(dir + "/text.wav") + " -o " + quote(dir + "/x.npy"),
         "tokenize --model " + model + " " + quote(dir + "/missing.wav") + " -o " + quote(dir + "/x.npy"),
         "mel --model " + quote(dir + "/no-model") + " " + quote(dir + "/44k.wav") + " -o " + quote(dir + "/x.npy"),
         "tokenize --model " + model + " " + quote(dir + "/44k.wav") + " --chunk 0 -o " + quote(dir + "/x.npy")}) {
@@ -112,6 +114,40 @@ TEST(CliSpeech, test_bad_input_fails_with_one_line) {
     EXPECT_NE(r.status, 0) << args;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << "\n" << r.err;
   }
+}
+
+// sox / espeak-ng on PATH (scripts/setup.sh installs both).
+bool have(const char* program) { return std::system((std::string("command -v ") + program + " >/dev/null").c_str()) == 0; }
+
+TEST(CliSpeech, test_44k_stereo_file_tokenizes_like_its_16k_version) {
+  // Any WAV upstream reads: espeak-ng speech taken by sox to 44.1 kHz stereo 32-bit (channel 1
+  // = other speech), and separately to 16 kHz mono 16-bit. tokenize/mel read channel 0 of the
+  // first and resample it with torchaudio's sinc filter; the second was resampled by sox. The
+  // two resamplers differ by ~1e-3 per sample, which may flip an id where two codewords are
+  // almost equally near: at least 90 % of the ids must agree (fixture model when present).
+  if (!have("espeak-ng") || !have("sox")) GTEST_SKIP() << "espeak-ng or sox not installed";
+  const std::string dir = glmvoice::test::scratch_dir("cli-speech-44k");
+  const std::string fx = glmvoice::test::fixtures_dir();
+  const std::string model =
+      quote(fx.empty() ? glmvoice::test::tiny_model_dir("tokenizer", "mk-a") : fx + "/models/tiny-a/tokenizer");
+  const std::string d = quote(dir);
+  const std::string cmd =
+      "cd " + d + " && espeak-ng -v en -w a.wav 'The quick brown fox jumps over the lazy dog, twice.' && "
+      "espeak-ng -v en -w b.wav 'Something else entirely on the other channel.' && "
+      "sox -q a.wav -r 44100 -b 32 a44.wav && sox -q b.wav -r 44100 -b 32 b44.wav && "
+      "sox -q -M a44.wav b44.wav -b 32 stereo44.wav trim 0 `soxi -D a44.wav` && "
+      "sox -q a.wav -r 16000 -b 16 mono16.wav";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_EQ(run_cli("tokenize --model " + model + " " + quote(dir + "/stereo44.wav") + " -o " + quote(dir + "/a.npy")).status, 0);
+  ASSERT_EQ(run_cli("tokenize --model " + model + " " + quote(dir + "/mono16.wav") + " -o " + quote(dir + "/b.npy")).status, 0);
+  ASSERT_EQ(run_cli("mel --model " + model + " " + quote(dir + "/stereo44.wav") + " -o " + quote(dir + "/m.npy")).status, 0);
+  const at::Tensor a = glmvoice::io::read_npy(dir + "/a.npy"), b = glmvoice::io::read_npy(dir + "/b.npy");
+  ASSERT_EQ(a.numel(), b.numel());
+  const int64_t same = (a == b).sum().item<int64_t>();
+  std::printf("44.1 kHz stereo vs sox 16 kHz mono: %lld of %lld ids equal\n", static_cast<long long>(same),
+              static_cast<long long>(a.numel()));
+  EXPECT_GE(same * 10, a.numel() * 9);
+  EXPECT_EQ(glmvoice::io::read_npy(dir + "/m.npy").size(0), 128);
 }
 
 }  // namespace

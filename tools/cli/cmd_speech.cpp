@@ -1,8 +1,10 @@
 // glmvoice-cli commands of the speech room (contract: ../shared/design/ARCHITECTURE.md):
 //   glmvoice-cli mel      --model TOKDIR IN.wav                   -o FEATS.npy  # f32 [128, T]
 //   glmvoice-cli tokenize --model TOKDIR IN.wav [--chunk SAMPLES] -o IDS.npy    # i32 [K]
-// IN.wav must be 16 kHz; channel 0 is used (as upstream). --chunk N streams the file through
-// TokenizerState with pushes of N samples; without it the offline path runs.
+// IN.wav: any WAV upstream reads (any rate and channel count, 8/16/24/32-bit int, 32/64-bit
+// float); channel 0 is used and resampled to 16 kHz like upstream (speech/resample.h).
+// --chunk N streams the file through TokenizerState with pushes of N samples; without it the
+// offline path runs.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 

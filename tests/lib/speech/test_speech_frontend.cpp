@@ -132,8 +132,11 @@ TEST(SpeechFrontend, test_wav_reader) {
   EXPECT_EQ(wav.samples[1][0].item<float>(), 0.5f);
   const at::Tensor mono = read_wav_mono16k(dir + "/a.wav");  // channel 0, like upstream
   EXPECT_TRUE(at::equal(mono, at::tensor({0.0f, -1.0f, 32767.0f / 32768.0f})));
-  write_wav16(dir + "/b.wav", {1, 2}, 22050, 1);
-  EXPECT_THROW(read_wav_mono16k(dir + "/b.wav"), std::exception);
+  // Other rates are resampled to 16 kHz like upstream (test_speech_resample.cpp checks values).
+  write_wav16(dir + "/b.wav", std::vector<int16_t>(2205, 1000), 22050, 1);
+  EXPECT_EQ(read_wav_mono16k(dir + "/b.wav").size(0), 1600);  // ceil(2205 * 320 / 441)
+  write_wav16(dir + "/c.wav", {}, 0, 1);
+  EXPECT_THROW(read_wav_mono16k(dir + "/c.wav"), std::exception);
   EXPECT_THROW(read_wav(dir + "/missing.wav"), std::exception);
 }
 

@@ -328,8 +328,10 @@ namespace glmvoice::speech {
 namespace {
 
 TEST(SpeechTokenizer, test_reduced_precision_runs) {
-  // bf16 / fp16 compute (meant for GPUs) must run and give ids in range; parity is not
-  // expected (spec 7.7), so only agreement with most f32 ids is checked.
+  // bf16 / fp16 compute (meant for GPUs) must run and give ids in range; bit parity is not
+  // expected (spec 7.7: reduced precision flips near-tie ids), so at least 80 % of the ids
+  // must equal f32's (measured: 25 of 25 for both on this clip). A broken reduced-precision
+  // path (wrong cast, wrong mask value) gives unrelated ids: ~1/512 agreement.
   const std::vector<float> x = test::make_clip(32000, 50, 0);
   const auto ref = to_vec(load("mk-a")->tokenize(test::to_tensor(x)));
   for (c10::ScalarType dtype : {at::kBFloat16, at::kHalf}) {
@@ -350,6 +352,7 @@ TEST(SpeechTokenizer, test_reduced_precision_runs) {
     int64_t same = 0;
     for (size_t i = 0; i < ids.size(); ++i) same += ids[i] == ref[i];
     std::printf("%s: %lld of %zu ids equal f32\n", c10::toString(dtype), static_cast<long long>(same), ids.size());
+    EXPECT_GE(same * 5, static_cast<int64_t>(ids.size()) * 4) << c10::toString(dtype) << ": too few ids equal f32";
     EXPECT_EQ(stream(model, x, {4000}).size(), ref.size());
   }
 }
