@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 
 #include "io/error.h"
@@ -80,36 +81,25 @@ bool parse_descr(const std::string& descr, NpyType* out) {
 
 }  // namespace
 
-at::Tensor read_npy(const std::string& path) {
+at::Tensor parse_npy(const uint8_t* data, size_t size, const std::string& path) {
   c10::InferenceMode guard;
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw Error(ErrorCode::kNotFound, path, "", "no such file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(ErrorCode::kNotFound, path, "", "cannot open");
-  const uint64_t file_size = std::filesystem::file_size(path, ec);
-
-  unsigned char pre[10];
-  if (!in.read(reinterpret_cast<char*>(pre), 8) || std::memcmp(pre, "\x93NUMPY", 6) != 0) {
-    throw bad(path, "not a .npy file (bad magic)");
-  }
-  const int major = pre[6];
+  if (size < 8 || std::memcmp(data, "\x93NUMPY", 6) != 0) throw bad(path, "not a .npy file (bad magic)");
+  const int major = data[6];
   uint64_t header_len = 0;
   uint64_t prefix = 0;
   if (major == 1) {
-    if (!in.read(reinterpret_cast<char*>(pre + 8), 2)) throw bad(path, "truncated npy header");
-    header_len = pre[8] | (pre[9] << 8);
+    if (size < 10) throw bad(path, "truncated npy header");
+    header_len = data[8] | (data[9] << 8);
     prefix = 10;
   } else if (major == 2 || major == 3) {
-    unsigned char len[4];
-    if (!in.read(reinterpret_cast<char*>(len), 4)) throw bad(path, "truncated npy header");
-    header_len = uint64_t(len[0]) | (uint64_t(len[1]) << 8) | (uint64_t(len[2]) << 16) | (uint64_t(len[3]) << 24);
+    if (size < 12) throw bad(path, "truncated npy header");
+    header_len = uint64_t(data[8]) | (uint64_t(data[9]) << 8) | (uint64_t(data[10]) << 16) | (uint64_t(data[11]) << 24);
     prefix = 12;
   } else {
     throw Error(ErrorCode::kUnsupported, path, "", "npy format version " + std::to_string(major));
   }
-  if (prefix + header_len > file_size) throw bad(path, "npy header length past end of file");
-  std::string header(header_len, '\0');
-  if (!in.read(header.data(), static_cast<std::streamsize>(header_len))) throw bad(path, "truncated npy header");
+  if (header_len > size - prefix) throw bad(path, "npy header length past end of file");
+  const std::string header(reinterpret_cast<const char*>(data + prefix), header_len);
 
   const std::string descr = dict_value(header, "descr", path);
   NpyType type{};
@@ -143,25 +133,41 @@ at::Tensor read_npy(const std::string& path) {
     }
   }
   const uint64_t bytes = numel * type.size;
-  if (file_size - prefix - header_len < bytes) {
-    throw bad(path, "npy data truncated: " + std::to_string(file_size - prefix - header_len) +
-                        " bytes < " + std::to_string(bytes) + " expected");
+  const uint64_t available = size - prefix - header_len;
+  if (available < bytes) {
+    throw bad(path, "npy data truncated: " + std::to_string(available) + " bytes < " + std::to_string(bytes) +
+                        " expected");
   }
+  const uint8_t* body = data + prefix + header_len;
   if (type.u4_to_i64) {
-    std::vector<uint32_t> raw(numel);
-    if (bytes && !in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(bytes))) {
-      throw bad(path, "npy data truncated");
-    }
     at::Tensor out = at::empty(shape, at::kLong);
     int64_t* dst = out.data_ptr<int64_t>();
-    for (uint64_t k = 0; k < numel; ++k) dst[k] = raw[k];
+    for (uint64_t k = 0; k < numel; ++k) {
+      uint32_t v;
+      std::memcpy(&v, body + 4 * k, 4);
+      dst[k] = v;
+    }
     return out;
   }
   at::Tensor out = at::empty(shape, type.type);
-  if (bytes && !in.read(static_cast<char*>(out.data_ptr()), static_cast<std::streamsize>(bytes))) {
-    throw bad(path, "npy data truncated");
+  if (bytes) std::memcpy(out.data_ptr(), body, bytes);
+  if (type.type == at::kBool) {  // numpy writes 0/1; any other byte is not a valid bool
+    const uint8_t* b = static_cast<const uint8_t*>(out.data_ptr());
+    for (uint64_t k = 0; k < numel; ++k) {
+      if (b[k] > 1) throw bad(path, "npy bool data holds a byte other than 0/1");
+    }
   }
   return out;
+}
+
+at::Tensor read_npy(const std::string& path) {
+  c10::InferenceMode guard;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw Error(ErrorCode::kNotFound, path, "", "no such file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::kNotFound, path, "", "cannot open");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_npy(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path);
 }
 
 void write_npy(const std::string& path, const at::Tensor& tensor) {

@@ -681,6 +681,16 @@ StateDict parse_torch_state_dict(const uint8_t* data, size_t size, const std::st
   if (!pkl) throw bad(path, "data.pkl", "zip has no <folder>/data.pkl record");
   const std::string prefix = pkl->name.substr(0, pkl->name.size() - std::strlen("data.pkl"));
   const uint8_t* pkl_bytes = zip.read(*pkl);
+  // torch.save records the writer's byte order (torch >= 1.10); storages are read as little
+  // endian, so a big-endian file would load as garbage: refuse it.
+  if (const ZipEntry* order = zip.find(prefix + "byteorder")) {
+    const uint8_t* b = zip.read(*order);
+    const std::string value(reinterpret_cast<const char*>(b), order->size);
+    if (value != "little") {
+      throw Error(ErrorCode::kUnsupported, path, order->name,
+                  "byte order '" + value + "' (only little-endian files are read)");
+    }
+  }
 
   StorageLoader loader = [&zip, &prefix, &path](const std::string& key, at::ScalarType dtype,
                                                 int64_t numel) -> at::Tensor {
@@ -926,13 +936,18 @@ void save_torch_state_dict(const std::string& path,
 
   ZipWriter zip(path);
   const std::string prefix = archive_name + "/";
+  // Records in the order torch >= 2.5 writes them (torch/serialization.py _save).
   zip.add(prefix + "data.pkl", pkl.data(), pkl.size());
+  zip.add(prefix + ".format_version", "1", 1);
+  zip.add(prefix + ".storage_alignment", "64", 2);
   zip.add(prefix + "byteorder", "little", 6);
   for (size_t k = 0; k < storages.size(); ++k) {
     const at::Tensor& t = storages[k];
     zip.add(prefix + "data/" + std::to_string(k), t.data_ptr(), t.numel() * t.element_size());
   }
   zip.add(prefix + "version", "3\n", 2);
+  // torch writes a per-process id here; a fixed one keeps our files reproducible.
+  zip.add(prefix + ".data/serialization_id", "0000000000000000000000000000000000000000", 40);
   zip.finish();
 }
 

@@ -132,6 +132,23 @@ TEST(SafeTensors, FixtureCheckpointsLoadEveryTensor) {
   }
 }
 
+TEST(SafeTensors, MetadataFirstAndPaddedHeader) {
+  // As the safetensors package writes files: "__metadata__" first, then the tensors, the
+  // header padded with spaces to a multiple of 8 bytes.
+  const std::string dir = glmvoice::test::scratch_dir("st-meta");
+  std::string header =
+      R"({"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("b":{"dtype":"BF16","shape":[1],"data_offsets":[8,10]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  const float w[2] = {1.5f, -2.0f};
+  std::string data(reinterpret_cast<const char*>(w), 8);
+  data += std::string("\x80\x3f", 2);  // bf16 1.0
+  write_bytes(dir + "/m.safetensors", make_file(header, data));
+  SafeTensors st = SafeTensors::open(dir + "/m.safetensors");
+  EXPECT_TRUE(at::equal(st.load("w"), at::tensor({1.5f, -2.0f})));
+  EXPECT_EQ(st.load("b").to(at::kFloat).item<float>(), 1.0f);
+}
+
 TEST(SafeTensorsBad, NotFound) {
   expect_open_error("/nonexistent/model.safetensors", ErrorCode::kNotFound, "no such");
   const std::string dir = glmvoice::test::scratch_dir("st-empty");

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,50 @@ TEST(TorchPickle, AnyArchiveFolder) {
   save_torch_state_dict(dir + "/x.pt", {{"w", at::ones({2})}}, "some_folder-1");
   StateDict sd = load_torch_state_dict(dir + "/x.pt");
   EXPECT_TRUE(at::equal(sd.get("w"), at::ones({2})));
+}
+
+TEST(TorchPickle, CurrentTorchRecordsWritten) {
+  // torch >= 2.5 writes .format_version, .storage_alignment, byteorder, version and
+  // .data/serialization_id beside data.pkl and data/N; ours does too, and reads them back.
+  const std::string dir = glmvoice::test::scratch_dir("pt-records");
+  save_torch_state_dict(dir + "/m.pt", sample_entries(), "archive");
+  const std::string bytes = read_bytes(dir + "/m.pt");
+  for (const char* record : {"archive/data.pkl", "archive/.format_version", "archive/.storage_alignment",
+                             "archive/byteorder", "archive/version", "archive/.data/serialization_id"}) {
+    EXPECT_NE(bytes.find(record), std::string::npos) << record;
+  }
+  EXPECT_EQ(load_torch_state_dict(dir + "/m.pt").entries.size(), sample_entries().size());
+}
+
+// Re-packs our zip with Python's zipfile (another zip writer: no 64-byte padding, its own
+// header fields) in the record order torch 2.x uses, with `byteorder` = `order`.
+bool repack_like_torch(const std::string& in, const std::string& out, const std::string& order) {
+  const std::string script =
+      "import sys, zipfile\n"
+      "src = zipfile.ZipFile(sys.argv[1])\n"
+      "names = [n for n in src.namelist() if n.split('/', 1)[1] not in ('byteorder', '.data/serialization_id')]\n"
+      "with zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_STORED) as dst:\n"
+      "    dst.writestr('archive/byteorder', sys.argv[3])\n"
+      "    for n in names: dst.writestr('archive/' + n.split('/', 1)[1], src.read(n))\n"
+      "    dst.writestr('archive/.data/serialization_id', '1234567890123456789012345678901234567890')\n";
+  const std::string py = in + ".py";
+  write_bytes(py, script);
+  const std::string cmd = "python3 '" + py + "' '" + in + "' '" + out + "' '" + order + "'";
+  return std::system(cmd.c_str()) == 0;
+}
+
+TEST(TorchPickle, ForeignZipWithByteorderAndSerializationId) {
+  const std::string dir = glmvoice::test::scratch_dir("pt-foreign");
+  auto entries = sample_entries();
+  save_torch_state_dict(dir + "/m.pt", entries, "m");
+  if (!repack_like_torch(dir + "/m.pt", dir + "/torch.pt", "little")) GTEST_SKIP() << "python3 not available";
+  StateDict sd = load_torch_state_dict(dir + "/torch.pt");
+  ASSERT_EQ(sd.entries.size(), entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    EXPECT_TRUE(at::equal(sd.entries[i].second, entries[i].second)) << entries[i].first;
+  }
+  ASSERT_TRUE(repack_like_torch(dir + "/m.pt", dir + "/big.pt", "big"));
+  expect_error(dir + "/big.pt", ErrorCode::kUnsupported, "archive/byteorder: byte order 'big'");
 }
 
 TEST(TorchPickle, FixtureCheckpointsLoadEveryTensor) {
