@@ -28,6 +28,15 @@ SincResampleKernel sinc_resample_kernel(int64_t orig_freq, int64_t new_freq, int
   const double lpw = static_cast<double>(lowpass_filter_width);
   k.width = static_cast<int64_t>(std::ceil(lpw * static_cast<double>(k.orig_step) / base_freq));
   const int64_t taps = 2 * k.width + k.orig_step;
+  // torchaudio materialises new_step x taps weights; for rates whose ratio reduces badly (e.g.
+  // 44101 -> 16000: 16000 x 44135) that is gigabytes. Refuse those instead of exhausting memory.
+  constexpr int64_t kMaxKernelWeights = int64_t(1) << 24;  // 64 MiB of f32
+  if (k.new_step > kMaxKernelWeights / taps) {
+    throw Error(ErrorCode::kUnsupported, "", "sample_rate",
+                "resampling " + std::to_string(orig_freq) + " Hz to " + std::to_string(new_freq) +
+                    " Hz needs a " + std::to_string(k.new_step) + " x " + std::to_string(taps) +
+                    " sinc kernel (the rates share no large common divisor); resample it first");
+  }
   const double scale = base_freq / static_cast<double>(k.orig_step);
   std::vector<float> values(static_cast<size_t>(k.new_step * taps));
   for (int64_t j = 0; j < k.new_step; ++j) {

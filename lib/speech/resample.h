@@ -28,7 +28,9 @@ SincResampleKernel sinc_resample_kernel(int64_t orig_freq, int64_t new_freq, int
                                         double rolloff = 0.99);
 
 // wave: f32 [n] (CPU) -> f32 [ceil(n * new_freq / orig_freq)]; the input itself when the rates
-// are equal. Throws glmvoice::Error (kBadInput) for a rate < 1.
+// are equal. Throws glmvoice::Error: kBadInput for a rate < 1, kUnsupported when the kernel
+// would exceed 2^24 weights (a ratio that reduces badly, e.g. 44101 Hz; common rates need at
+// most 160 x 475).
 at::Tensor resample(const at::Tensor& wave, int64_t orig_freq, int64_t new_freq);
 
 }  // namespace glmvoice::speech

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <string>
 
+#include "io/error.h"
 #include "io/npy.h"
 #include "speech/resample.h"
 #include "speech/tokenizer_model.h"
@@ -71,6 +72,11 @@ TEST(SpeechResample, test_lengths_and_identity) {
   EXPECT_EQ(resample(x.slice(0, 0, 999), 8000, 16000).size(0), 1998);
   EXPECT_TRUE(resample(x, 16000, 16000).equal(x));
   EXPECT_THROW(resample(x, 0, 16000), std::exception);
+  // 44101 Hz shares no divisor with 16000: a 16000 x 44135 kernel would take 2.8 GB.
+  EXPECT_THROW(resample(x, 44101, 16000), Error);
+  for (int64_t rate : {8000, 11025, 12000, 22050, 24000, 32000, 37800, 44100, 48000, 88200, 96000, 192000}) {
+    EXPECT_NO_THROW(sinc_resample_kernel(rate, 16000)) << rate;
+  }
 }
 
 TEST(SpeechResample, test_dc_and_tone_survive) {
