@@ -480,7 +480,7 @@ static void gst_glm_voice_decode_get_property(GObject* object, guint prop_id, GV
 static gboolean load_model(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
   auto model =
-      impl->model_props.load<glmvoice::voice::DecoderModel>(GST_ELEMENT(self), "decoder", "speech decoder");
+      impl->model_props.load<glmvoice::voice::DecoderModel>(GST_ELEMENT(self), "decoder", "speech decoder", GLMVOICE_HERE);
   if (!model) return FALSE;
   GST_OBJECT_LOCK(self);
   impl->model = model;

@@ -329,7 +329,7 @@ static GstClockTime input_delay(const glmvoice::speech::TokenizerConfig& config,
 static gboolean load_model(GstGlmVoiceTokenize* self) {
   GstGlmVoiceTokenizeImpl* impl = self->impl;
   auto model = impl->model_props.load<glmvoice::speech::TokenizerModel>(GST_ELEMENT(self), "tokenizer",
-                                                                        "speech tokenizer");
+                                                                        "speech tokenizer", GLMVOICE_HERE);
   if (!model) return FALSE;
   const auto& config = model->config();
   GST_OBJECT_LOCK(self);
