@@ -1,5 +1,7 @@
 #include "glmvoice_element_util.h"
 
+#include "runtime/dtype.h"
+
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -85,6 +87,15 @@ ModelOptions make_model_options(const std::string& path, const std::string& subd
   }
   options.device = runtime::parse_device(device);
   options.dtype = runtime::parse_dtype(dtype.empty() ? "float32" : dtype);
+  return options;
+}
+
+ModelOptions resolve_auto_dtype(const std::string& kind, ModelOptions options) {
+  if (options.dtype != c10::ScalarType::Undefined) return options;
+  const runtime::Stage stage = kind == "llm"         ? runtime::Stage::kLlm
+                               : kind == "tokenizer" ? runtime::Stage::kTokenizer
+                                                     : runtime::Stage::kDecoder;
+  options.dtype = runtime::default_dtype(stage, options.device);
   return options;
 }
 

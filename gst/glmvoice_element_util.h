@@ -48,6 +48,11 @@ namespace glmvoice::gst {
 ModelOptions make_model_options(const std::string& path, const std::string& subdir,
                                 const std::string& device, const std::string& dtype);
 
+// dtype "auto" (Undefined) becomes the stage's default for `kind` ("llm": bfloat16 on CUDA,
+// float32 on CPU; "tokenizer", "decoder": float32), so that "auto" and the dtype it means
+// share one model in the cache.
+ModelOptions resolve_auto_dtype(const std::string& kind, ModelOptions options);
+
 // Routes lib's runtime::log hook to the `glmvoicelib` GST_DEBUG category (idempotent).
 void install_log_bridge();
 
@@ -67,7 +72,7 @@ std::shared_ptr<const Model> load_shared_model(GstElement* element, const std::s
                                                SourceLocation where = GLMVOICE_HERE) {
   post_load_progress(element, GST_PROGRESS_TYPE_START, "Loading the " + what);
   try {
-    const ModelOptions options = make_model_options(path, subdir, device, dtype);
+    const ModelOptions options = resolve_auto_dtype(kind, make_model_options(path, subdir, device, dtype));
     auto model = model_cache_get<Model>(kind, options, [&options] { return Model::load(options); });
     post_load_progress(element, GST_PROGRESS_TYPE_COMPLETE, "Loaded the " + what);
     return model;
