@@ -1,7 +1,27 @@
 // glmvoice-bench stages; each room implements its own in bench_<room>.cpp.
 #pragma once
 
+#include <chrono>
+#include <sstream>
+#include <string>
+#include <vector>
+
 namespace glmvoice::tools {
+
+// Shared by the stages: milliseconds since `t0`, and a comma-separated option as a list.
+using BenchClock = std::chrono::steady_clock;
+inline double ms_since(BenchClock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(BenchClock::now() - t0).count();
+}
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
 
 int bench_tokenizer(int argc, char** argv);  // bench_speech.cpp
 int bench_llm(int argc, char** argv);        // bench_llm.cpp

@@ -52,17 +52,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 void bench_model(const std::string& label, const ModelOptions& options, const std::vector<int64_t>& prompts,
                  int64_t decode, int repeat) {
@@ -237,14 +226,14 @@ int bench_llm(int argc, char** argv) {
   if (args.has("threads")) at::set_num_threads(static_cast<int>(args.get_int("threads", 1)));
   const std::string dir = args.get("dir", "/tmp/glmvoice-bench-llm");
   std::vector<int64_t> prompts;
-  for (const auto& p : split(args.get("prompt", "128,448"))) prompts.push_back(std::stoll(p));
+  for (const auto& p : split_list(args.get("prompt", "128,448"))) prompts.push_back(std::stoll(p));
   const int64_t decode = args.get_int("decode", 64);
   const int repeat = static_cast<int>(args.get_int("repeat", 2));
   ModelOptions options;
   options.device = runtime::parse_device(args.get("device", "cpu"));
   options.dtype = runtime::parse_dtype(args.get("dtype", "float32"));
   std::vector<int64_t> concurrent;
-  for (const auto& n : split(args.get("concurrent", ""))) concurrent.push_back(std::stoll(n));
+  for (const auto& n : split_list(args.get("concurrent", ""))) concurrent.push_back(std::stoll(n));
   const int64_t concurrent_prompt = args.get_int("concurrent-prompt", 64);
   const int64_t max_batch = args.get_int("max-batch", 0);
   auto run = [&](const std::string& label) {
@@ -260,7 +249,7 @@ int bench_llm(int argc, char** argv) {
     run("model");
     return 0;
   }
-  for (const auto& config : split(args.get("configs", "tiny,mid"))) {
+  for (const auto& config : split_list(args.get("configs", "tiny,mid"))) {
     options.path = (fs::path(dir) / config).string();
     if (!fs::exists(fs::path(options.path) / "config.json")) {
       std::printf("writing %s checkpoint to %s ...\n", config.c_str(), options.path.c_str());
