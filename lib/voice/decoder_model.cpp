@@ -343,10 +343,16 @@ at::Tensor DecoderState::token2wav(const std::vector<int64_t>& block, bool final
       overlap_mel_ = mel.slice(2, mel.size(2) - overlap).contiguous();
       mel = mel.slice(2, 0, mel.size(2) - overlap).contiguous();
     }
-    HiftResult r = m.hift(mel, src_cache, gen_, report ? &hift_taps : nullptr);
-    cache_mel_ = mel.slice(2, mel.size(2) - kMelCacheLen).contiguous();
-    cache_source_ = r.source.slice(2, r.source.size(2) - source_cache_len).contiguous();
-    speech = r.audio.slice(1, 0, r.audio.size(1) - source_cache_len).reshape({-1}).contiguous();
+    if (mel.size(2) == 0) {
+      // A first block too short to outlast the overlap (block-sizes below ~7 tokens): all of
+      // its frames are held back and faded into the next call; nothing to vocode yet.
+      speech = empty_audio();
+    } else {
+      HiftResult r = m.hift(mel, src_cache, gen_, report ? &hift_taps : nullptr);
+      cache_mel_ = mel.slice(2, std::max<int64_t>(0, mel.size(2) - kMelCacheLen)).contiguous();
+      cache_source_ = r.source.slice(2, std::max<int64_t>(0, r.source.size(2) - source_cache_len)).contiguous();
+      speech = r.audio.slice(1, 0, std::max<int64_t>(0, r.audio.size(1) - source_cache_len)).reshape({-1}).contiguous();
+    }
   } else {
     HiftResult r = m.hift(mel, src_cache, gen_, report ? &hift_taps : nullptr);
     speech = r.audio.reshape({-1}).contiguous();

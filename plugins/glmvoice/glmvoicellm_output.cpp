@@ -37,6 +37,7 @@ std::string escape_line(const std::string& text) {
 
 LlmAnswerOutput::~LlmAnswerOutput() {
   for (GstMiniObject* object : text_queue_) gst_mini_object_unref(object);
+  for (GstEvent*& event : text_sticky_) gst_clear_event(&event);
 }
 
 /* ---- src task ------------------------------------------------------------------------ */
@@ -210,6 +211,7 @@ void LlmAnswerOutput::push_eos() {
 // branch's last fatal flow (GST_FLOW_OK if none).
 GstFlowReturn LlmAnswerOutput::enqueue_text(GstMiniObject* object) {
   std::lock_guard<std::mutex> lock(text_mutex_);
+  remember_text_sticky(object);
   if (text_flushing_) {
     gst_mini_object_unref(object);
     return GST_FLOW_OK;
@@ -228,6 +230,40 @@ void LlmAnswerOutput::set_text_flushing(bool flushing) {
   text_cond_.notify_all();
 }
 
+namespace {
+constexpr GstEventType kTextSticky[3] = {GST_EVENT_STREAM_START, GST_EVENT_CAPS, GST_EVENT_SEGMENT};
+}  // namespace
+
+// With text_mutex_ held.
+void LlmAnswerOutput::remember_text_sticky(GstMiniObject* object) {
+  if (!GST_IS_EVENT(object)) return;
+  for (int i = 0; i < 3; ++i) {
+    if (GST_EVENT_TYPE(object) == kTextSticky[i]) gst_event_replace(&text_sticky_[i], GST_EVENT(object));
+  }
+}
+
+// A flush empties the queue, and may take a stream-start/caps that were queued but not yet
+// pushed; a FLUSH_STOP also clears the pad's segment. Before `next` (data, or one of the
+// three), text_src gets those of them that come earlier in the required order.
+void LlmAnswerOutput::ensure_text_sticky(GstMiniObject* next) {
+  int before = 3;
+  for (int i = 0; i < 3; ++i) {
+    if (GST_IS_EVENT(next) && GST_EVENT_TYPE(next) == kTextSticky[i]) before = i;
+  }
+  for (int i = 0; i < before; ++i) {
+    if (GstEvent* have = gst_pad_get_sticky_event(text_src_, kTextSticky[i], 0)) {
+      gst_event_unref(have);
+      continue;
+    }
+    GstEvent* event = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(text_mutex_);
+      if (text_sticky_[i]) event = gst_event_ref(text_sticky_[i]);
+    }
+    if (event) gst_pad_push_event(text_src_, event);
+  }
+}
+
 void LlmAnswerOutput::text_task_iteration() {
   GstMiniObject* object = nullptr;
   {
@@ -241,6 +277,7 @@ void LlmAnswerOutput::text_task_iteration() {
     object = text_queue_.front();
     text_queue_.pop_front();
   }
+  ensure_text_sticky(object);
   if (GST_IS_BUFFER(object)) {
     const GstFlowReturn ret = gst_pad_push(text_src_, GST_BUFFER(object));
     // An unlinked text pad is fine; fatal flows (not-negotiated, error) stop the element.

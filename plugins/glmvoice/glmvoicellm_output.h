@@ -79,6 +79,11 @@ class LlmAnswerOutput {
   std::deque<GstMiniObject*> text_queue_;
   bool text_flushing_ = true;
   GstFlowReturn text_flow_ = GST_FLOW_OK;  // last fatal flow of the text branch
+  // The last stream-start, caps and segment made for text_src (owned), even when a flush
+  // dropped them from the queue: the text task resends what the pad lacks before data.
+  GstEvent* text_sticky_[3] = {nullptr, nullptr, nullptr};
+  void remember_text_sticky(GstMiniObject* object);
+  void ensure_text_sticky(GstMiniObject* next);
 };
 
 }  // namespace glmvoice::gst

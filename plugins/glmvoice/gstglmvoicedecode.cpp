@@ -820,6 +820,12 @@ static GstFlowReturn process_tokens(GstGlmVoiceDecode* self, QueueItem& item) {
   return GST_FLOW_OK;
 }
 
+static bool has_sticky(GstPad* pad, GstEventType type) {
+  GstEvent* event = gst_pad_get_sticky_event(pad, type, 0);
+  if (event) gst_event_unref(event);
+  return event != nullptr;
+}
+
 static void gst_glm_voice_decode_loop(GstGlmVoiceDecode* self) {
   GstGlmVoiceDecodeImpl* impl = self->impl;
   QueueItem item;
@@ -840,8 +846,9 @@ static void gst_glm_voice_decode_loop(GstGlmVoiceDecode* self) {
     impl->resend_segment = false;
     impl->cond.notify_all();  // room in the queue
   }
-  if (resend_segment) {
-    // a barge-in flush went downstream: the sink needs the segment again before data
+  if (resend_segment && has_sticky(self->srcpad, GST_EVENT_STREAM_START) && has_sticky(self->srcpad, GST_EVENT_CAPS)) {
+    // a barge-in flush went downstream: the sink needs the segment again before data (not
+    // when the flush came before this stream began: its segment is still queued, in order)
     push_event(self, gst_event_new_segment(&impl->segment));
   }
 
