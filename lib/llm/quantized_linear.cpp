@@ -37,12 +37,14 @@ LinearWeight LinearWeight::make(const at::Tensor& weight, c10::ScalarType format
   lw.format_ = format;
   lw.n_ = weight.size(0);
   lw.k_ = weight.size(1);
+  const auto dev = weight.device();
+  lw.skinny_ = dev.is_cpu() && skinny_kernels_enabled() &&
+               (format == at::kFloat || format == at::kBFloat16 || runtime::is_weight_only(format));
   if (!runtime::is_weight_only(format)) {
     lw.dense_ = weight.to(format).contiguous();
     return lw;
   }
   const at::Tensor w = weight.to(at::kFloat);
-  const auto dev = weight.device();
   if (format == runtime::kInt8) {
     lw.group_ = lw.k_;
     // Scale rounded to bf16 first, so q is chosen for the scale the kernel will use.
@@ -65,6 +67,10 @@ LinearWeight LinearWeight::make(const at::Tensor& weight, c10::ScalarType format
     at::Tensor zero = (lo + scale.to(at::kFloat) * 8.0).to(at::kBFloat16);
     at::Tensor s32 = scale.to(at::kFloat).unsqueeze(2), min32 = (zero.to(at::kFloat) - scale.to(at::kFloat) * 8.0).unsqueeze(2);
     at::Tensor q = at::round((wg - min32) / s32).clamp(0, 15).to(at::kInt).view({lw.n_, lw.k_});
+    if (lw.skinny_) {
+      lw.skinny_int4_ = skinny_pack_int4(q, scale, zero, lw.group_);
+      return lw;
+    }
     // [K/group, N, 2]: scale, zero
     lw.scales_ = at::stack({scale, zero}, 2).transpose(0, 1).contiguous();
     try {
@@ -90,17 +96,36 @@ LinearWeight LinearWeight::make(const at::Tensor& weight, c10::ScalarType format
 
 int64_t LinearWeight::storage_bytes() const {
   int64_t b = 0;
-  for (const at::Tensor* t : {&dense_, &packed_, &scales_}) {
+  for (const at::Tensor* t : {&dense_, &packed_, &scales_, &skinny_int4_.codes, &skinny_int4_.params}) {
     if (t->defined()) b += t->numel() * static_cast<int64_t>(t->element_size());
   }
   return b;
 }
 
 at::Tensor LinearWeight::forward(const at::Tensor& x, const at::Tensor& bias) const {
-  if (dense_.defined()) return at::linear(x, dense_, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
   TORCH_CHECK(x.size(-1) == k_, "LinearWeight: input has ", x.size(-1), " features, weight ", k_);
   auto out_shape = x.sizes().vec();
   out_shape.back() = n_;
+  const int64_t rows = k_ > 0 ? x.numel() / k_ : 0;
+  // Decode-sized inputs on the CPU: the AVX2 kernels (libtorch's are far from the memory
+  // floor there, see cpu_skinny_matmul.h). int4 in the kernel's layout has no other path.
+  const bool x_ok = x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+  if (skinny_ && x_ok && (rows <= kSkinnyMaxRows || skinny_int4_.codes.defined()) &&
+      (!dense_.defined() || x.scalar_type() == dense_.scalar_type())) {
+    const at::Tensor a = x.reshape({rows, k_}).contiguous();
+    at::Tensor y;
+    if (dense_.defined()) {
+      y = skinny_linear_dense(a, dense_, bias);
+    } else if (format_ == runtime::kInt8) {
+      y = skinny_linear_int8(a, packed_, scales_, bias);
+    } else {
+      y = skinny_linear_int4(a, skinny_int4_, bias);
+    }
+    return y.view(out_shape);
+  }
+  if (dense_.defined()) return at::linear(x, dense_, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  TORCH_CHECK(!skinny_int4_.codes.defined(), "LinearWeight: int4 weights packed for the CPU kernel need a float32 or "
+              "bfloat16 input on the CPU");
   at::Tensor a = x.reshape({-1, k_}).contiguous();
   at::Tensor y;
   if (format_ == runtime::kInt8) {
@@ -116,7 +141,7 @@ at::Tensor LinearWeight::forward(const at::Tensor& x, const at::Tensor& bias) co
 
 at::Tensor LinearWeight::dequantized() const {
   if (dense_.defined()) return dense_.to(at::kFloat);
-  const auto dev = dense_.defined() ? dense_.device() : packed_.device();
+  const auto dev = packed_.defined() ? packed_.device() : skinny_int4_.codes.device();
   at::Tensor eye = at::eye(k_, at::TensorOptions().dtype(at::kBFloat16).device(dev));
   return forward(eye).t().to(at::kFloat).contiguous();
 }

@@ -11,10 +11,18 @@
 //         at::_weight_int4pack_mm (CUDA, sm80+).
 // A combination the kernels do not run (e.g. int4 on an older GPU) fails at load with
 // ErrorCode::kUnsupported naming the tensor, never at the first token.
+//
+// On a CPU with AVX2+FMA, activations of at most kSkinnyMaxRows rows (decode steps, batched
+// decode) go through the hand-written kernels of cpu_skinny_matmul.h for all four formats
+// (same dequantized weights, fp32 accumulation, batch-invariant); int4 is then packed in that
+// kernel's layout and runs there for any row count. GLMVOICE_CPU_KERNELS=0 (read when the
+// weight is made) keeps libtorch's kernels throughout.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
+
+#include "llm/cpu_skinny_matmul.h"
 
 #include <cstdint>
 #include <string>
@@ -49,6 +57,8 @@ class LinearWeight {
   at::Tensor dense_;   // dense: [N, K]
   at::Tensor packed_;  // int8: [N, K] i8; int4: the backend's packed layout
   at::Tensor scales_;  // int8: [N] bf16; int4: [K/group, N, 2] bf16 (scale, zero)
+  SkinnyInt4 skinny_int4_;  // int4 in the CPU kernel's layout (instead of packed_/scales_)
+  bool skinny_ = false;     // CPU weight made while the skinny kernels were enabled
   int64_t n_ = 0, k_ = 0, group_ = 0;
 };
 

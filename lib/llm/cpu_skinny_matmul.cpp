@@ -1,0 +1,488 @@
+// Skinny matmul kernels (see the header for why and for the batch-invariance contract).
+//
+// Shape of the work: output rows n are split over at::parallel_for's threads; each thread walks
+// its rows in tiles of NB rows, and for each tile runs every block of MB activation rows over
+// the whole of K, so the tile's weights come from memory once and from L1/L2 for the other
+// row blocks. Inside a tile, one 8-lane fp32 accumulator per (m, n) (two for int4) sums
+// x[m, k] * w[n, k] over blocks of k in increasing order; a fixed horizontal sum and a scalar
+// tail for K % block finish it. The tile shape (NB x MB) is chosen from M for register use
+// and independent accumulator chains; it never changes what each accumulator computes.
+//
+// Weight conversion to fp32, per format, without a dequantized copy:
+//   bf16: a 32-byte load is 16 weights; <<16 gives the even columns, & 0xffff0000 the odd ones
+//         (x is de-interleaved to match once per call).
+//   int8: vpmovsxbd + vcvtdq2ps, 8 weights; the row's scale multiplies the sum.
+//   int4: a 16-byte load zero-extended to 8 x 32-bit lanes holds 32 codes; code i of each lane
+//         is (lanes & 0xf << 4i) converted to fp32 = q * 16^i, and x's columns for that i are
+//         pre-scaled by 16^-i, so the product equals x * q exactly. Per group g the kernel adds
+//         scale * sum(x * q) + (zero - 8 * scale) * sum(x) (the lane-wise sum of x over the
+//         group computed once per call), which is sum(x * ((q - 8) * scale + zero)).
+#include "llm/cpu_skinny_matmul.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#define GLMVOICE_AVX2 __attribute__((target("avx2,fma")))
+
+// Complete unrolling of the tile loops early enough that the accumulator arrays live in
+// registers (at -O2 GCC unrolls them after scalar replacement, leaving them on the stack).
+#pragma GCC optimize("O3")
+
+namespace glmvoice::llm {
+
+namespace {
+
+std::atomic<bool>& enabled_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("GLMVOICE_CPU_KERNELS");
+    return !(v != nullptr && std::string(v) == "0");
+  }()};
+  return flag;
+}
+
+inline float bf16_bits_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+GLMVOICE_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---- weight formats for the dense/int8 tile: kBlock columns = kVecs vectors of 8 --------
+
+struct F32Rows {
+  using T = float;
+  static constexpr int kBlock = 8, kVecs = 1;
+  GLMVOICE_AVX2 static inline __m256 load(const float* w, int64_t b, int) { return _mm256_loadu_ps(w + 8 * b); }
+  static float scalar(const float* w, int64_t k) { return w[k]; }
+};
+
+struct Bf16Rows {
+  using T = uint16_t;
+  static constexpr int kBlock = 16, kVecs = 2;
+  GLMVOICE_AVX2 static inline __m256 load(const uint16_t* w, int64_t b, int p) {
+    const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * b));
+    return p == 0 ? _mm256_castsi256_ps(_mm256_slli_epi32(r, 16))  // even columns
+                  : _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  static float scalar(const uint16_t* w, int64_t k) { return bf16_bits_to_float(w[k]); }
+};
+
+struct Int8Rows {
+  using T = int8_t;
+  static constexpr int kBlock = 8, kVecs = 1;
+  GLMVOICE_AVX2 static inline __m256 load(const int8_t* w, int64_t b, int) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8 * b))));
+  }
+  static float scalar(const int8_t* w, int64_t k) { return static_cast<float>(w[k]); }
+};
+
+// Where a tile's sums go: y[m, n] = sum * row_scale[n] + bias[n], in fp32 or rounded to bf16.
+struct Output {
+  const float* row_scale = nullptr;  // int8
+  const float* bias = nullptr;
+  float* y32 = nullptr;
+  c10::BFloat16* y16 = nullptr;
+  int64_t n_cols = 0;
+  GLMVOICE_AVX2 inline void store(int64_t m, int64_t n, float sum) const {
+    float v = row_scale != nullptr ? sum * row_scale[n] : sum;
+    if (bias != nullptr) v += bias[n];
+    if (y32 != nullptr) {
+      y32[m * n_cols + n] = v;
+    } else {
+      y16[m * n_cols + n] = c10::BFloat16(v);  // round to nearest even, once
+    }
+  }
+};
+
+// x prepared for the kernel: [M, ld] fp32 in the column order the format reads.
+struct Activations {
+  const float* x = nullptr;
+  int64_t ld = 0;
+  const float* group_sums = nullptr;  // int4: [M, groups, 8] lane-wise sums of x per group
+  int64_t groups = 0;
+};
+
+// Software prefetch of the next tile while this one runs. A tile's NB rows are NB streams that
+// each start on a fresh 4 KiB page (a 1024-column fp32 row is one page), where the hardware
+// prefetchers must re-train; fetching the next tile's bytes ahead, spread evenly over this
+// tile's blocks, keeps the memory busy instead.
+struct Prefetcher {
+  const char* next = nullptr;  // the next tile's first byte; null: nothing to fetch
+  int64_t bytes = 0;           // its size
+  int64_t per_block = 0, done = 0, cursor = 0;
+  void start(int64_t blocks) { per_block = blocks > 0 ? (bytes + blocks - 1) / blocks : bytes; }
+  GLMVOICE_AVX2 inline void step() {
+    if (next == nullptr) return;
+    cursor += per_block;
+    for (; done < cursor && done < bytes; done += 64) _mm_prefetch(next + done, _MM_HINT_T0);
+  }
+};
+
+// One tile: MB activation rows x NB weight rows over all of K; sums[m * NB + n].
+template <class R, int MB, int NB>
+GLMVOICE_AVX2 void dense_tile(const typename R::T* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
+                              float* sums, Prefetcher pf) {
+  __m256 acc[MB][NB];
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m) {
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_ps();
+  }
+  const int64_t blocks = K / R::kBlock;
+  pf.start(blocks);
+  for (int64_t b = 0; b < blocks; ++b) {
+    pf.step();
+#pragma GCC unroll 2
+    for (int p = 0; p < R::kVecs; ++p) {
+      __m256 xv[MB];
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + b * R::kBlock + 8 * p);
+#pragma GCC unroll 8
+      for (int n = 0; n < NB; ++n) {
+        const __m256 wv = R::load(w + n * ldw, b, p);
+#pragma GCC unroll 4
+        for (int m = 0; m < MB; ++m) acc[m][n] = _mm256_fmadd_ps(xv[m], wv, acc[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int n = 0; n < NB; ++n) {
+      float s = hsum(acc[m][n]);
+      for (int64_t k = blocks * R::kBlock; k < K; ++k) s += x[m * ldx + k] * R::scalar(w + n * ldw, k);
+      sums[m * NB + n] = s;
+    }
+  }
+}
+
+// int4: codes [N, K64 / 2] (K64 = K rounded up to 64; 32 bytes per 64 columns), params
+// [N, groups, 2] bf16 (scale, zero).
+struct Int4Rows {
+  const uint8_t* codes;
+  const uint16_t* params;
+  int64_t group, row_bytes;
+};
+
+// A load the compiler may not merge with an identical one nor hoist: without this, GCC keeps
+// every reused x vector and code word in a register across the unrolled tile and spills the
+// accumulators instead.
+GLMVOICE_AVX2 inline __m256i load_fresh(const void* p) {
+  __m256i v;
+  asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*static_cast<const __m256i*>(p)));
+  return v;
+}
+
+// Codes 4 * HALF .. 4 * HALF + 3 of each 32-bit lane of a 64-column block (columns 32 * HALF
+// .. + 31), as fp32 q * 16^i (code 7: shifted down, q * 1), times x pre-scaled to match.
+// Two accumulators per (m, n), for even and odd i: 8 independent chains at M = 1.
+template <int MB, int NB, int HALF>
+GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const float* xb, int64_t ldx,
+                                    __m256 (&acc)[MB][NB][2]) {
+#pragma GCC unroll 4
+  for (int i = 4 * HALF; i < 4 * HALF + 4; ++i) {
+    __m256 xv[MB];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) xv[m] = _mm256_castsi256_ps(load_fresh(xb + m * ldx + 8 * i));
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) {
+      const __m256i raw = load_fresh(codes + n * ldc);
+      const __m256i q = i == 7 ? _mm256_srli_epi32(raw, 28) : _mm256_and_si256(raw, _mm256_set1_epi32(0xf << (4 * i)));
+      const __m256 wv = _mm256_cvtepi32_ps(q);
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) acc[m][n][i & 1] = _mm256_fmadd_ps(xv[m], wv, acc[m][n][i & 1]);
+    }
+  }
+}
+
+template <int MB, int NB>
+GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums,
+                             int64_t groups, int64_t K, float* sums, Prefetcher pf) {
+  const int64_t halves_per_group = w.group / 32;
+  const uint8_t* codes = w.codes + n0 * w.row_bytes;
+  const uint16_t* params = w.params + n0 * groups * 2;
+  alignas(32) float tot[MB][NB][8] = {};  // per group: scale * sum(x q) + (zero - 8 scale) * sum(x)
+  pf.start(K / 32);
+  int64_t h = 0;  // 32-column half blocks, in k order
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[MB][NB][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) {
+#pragma GCC unroll 8
+      for (int n = 0; n < NB; ++n) acc[m][n][0] = acc[m][n][1] = _mm256_setzero_ps();
+    }
+    for (int64_t e = h + halves_per_group; h < e; ++h) {
+      pf.step();
+      const uint8_t* cb = codes + (h / 2) * 32;
+      const float* xb = x + (h / 2) * 64;
+      if (h % 2 == 0) {
+        int4_half<MB, NB, 0>(cb, w.row_bytes, xb, ldx, acc);
+      } else {
+        int4_half<MB, NB, 1>(cb, w.row_bytes, xb, ldx, acc);
+      }
+    }
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) {
+      const uint16_t* p = params + (n * groups + g) * 2;
+      const float scale = bf16_bits_to_float(p[0]), zero = bf16_bits_to_float(p[1]);
+      const __m256 sv = _mm256_set1_ps(scale), zv = _mm256_set1_ps(zero - 8.0f * scale);
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) {
+        __m256 t = _mm256_fmadd_ps(_mm256_add_ps(acc[m][n][0], acc[m][n][1]), sv, _mm256_load_ps(tot[m][n]));
+        t = _mm256_fmadd_ps(_mm256_loadu_ps(gsums + (m * groups + g) * 8), zv, t);
+        _mm256_store_ps(tot[m][n], t);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int n = 0; n < NB; ++n) sums[m * NB + n] = hsum(_mm256_load_ps(tot[m][n]));
+  }
+}
+
+// All activation rows against weight rows [n0, n0 + NB), in blocks of up to MB rows; the
+// first block prefetches the next tile (later blocks find this one in cache).
+template <class Tile, int NB, int MB>
+GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_next_end, int64_t M, const Output& out) {
+  float sums[MB * NB];
+  Prefetcher pf = tile.prefetcher(n0 + NB, n_next_end);
+  for (int64_t m = 0; m < M; m += MB) {
+    const int64_t mb = std::min<int64_t>(MB, M - m);
+    if (mb == MB) {
+      tile.template run<MB, NB>(n0, m, sums, pf);
+    } else if (mb == 3) {
+      tile.template run<(MB > 3 ? 3 : 1), NB>(n0, m, sums, pf);
+    } else if (mb == 2) {
+      tile.template run<(MB > 2 ? 2 : 1), NB>(n0, m, sums, pf);
+    } else {
+      tile.template run<1, NB>(n0, m, sums, pf);
+    }
+    for (int64_t i = 0; i < mb; ++i) {
+      for (int n = 0; n < NB; ++n) out.store(m + i, n0 + n, sums[i * NB + n]);
+    }
+    pf.next = nullptr;
+  }
+}
+
+template <class Tile, int NB, int MB>
+GLMVOICE_AVX2 void rows_range(const Tile& tile, int64_t n_begin, int64_t n_end, int64_t M, const Output& out) {
+  int64_t n = n_begin;
+  for (; n + NB <= n_end; n += NB) rows_tile<Tile, NB, MB>(tile, n, std::min(n + 2 * NB, n_end), M, out);
+  for (; n < n_end; ++n) rows_tile<Tile, 1, MB>(tile, n, std::min(n + 2, n_end), M, out);
+}
+
+template <class R>
+struct DenseTile {
+  static constexpr int kAccumulators = 1;
+  const typename R::T* w;
+  int64_t K;
+  Activations a;
+  template <int MB, int NB>
+  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
+    dense_tile<R, MB, NB>(w + n0 * K, K, a.x + m0 * a.ld, a.ld, K, sums, pf);
+  }
+  Prefetcher prefetcher(int64_t n_begin, int64_t n_end) const {
+    if (n_begin >= n_end) return {};
+    return {reinterpret_cast<const char*>(w + n_begin * K), (n_end - n_begin) * K * int64_t{sizeof(typename R::T)}};
+  }
+};
+
+struct Int4Tile {
+  static constexpr int kAccumulators = 2;
+  Int4Rows w;
+  int64_t K;
+  Activations a;
+  template <int MB, int NB>
+  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
+    int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups * 8, a.groups, K, sums, pf);
+  }
+  Prefetcher prefetcher(int64_t n_begin, int64_t n_end) const {
+    if (n_begin >= n_end) return {};
+    return {reinterpret_cast<const char*>(w.codes + n_begin * w.row_bytes), (n_end - n_begin) * w.row_bytes};
+  }
+};
+
+// Tile shape by M: 8 independent accumulators at M = 1 (FMA latency), then as many activation
+// rows per converted weight vector as the 16 ymm registers allow.
+template <class Tile>
+void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
+  at::parallel_for(0, N, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
+    if (Tile::kAccumulators == 2) {  // int4
+      if (M == 1) {
+        rows_range<Tile, 4, 1>(tile, begin, end, M, out);
+      } else if (M == 2) {
+        rows_range<Tile, 2, 2>(tile, begin, end, M, out);
+      } else {
+        rows_range<Tile, 1, 4>(tile, begin, end, M, out);
+      }
+    } else if (M == 1) {
+      rows_range<Tile, 8, 1>(tile, begin, end, M, out);
+    } else if (M == 2) {
+      rows_range<Tile, 4, 2>(tile, begin, end, M, out);
+    } else if (M == 3) {
+      rows_range<Tile, 3, 3>(tile, begin, end, M, out);
+    } else {
+      rows_range<Tile, 2, 4>(tile, begin, end, M, out);
+    }
+  });
+}
+
+// ---- activations ---------------------------------------------------------------------------
+
+at::Tensor as_float_rows(const at::Tensor& x) { return x.scalar_type() == at::kFloat ? x.contiguous() : x.to(at::kFloat).contiguous(); }
+
+// bf16 weights read even columns then odd ones per 16-column block.
+at::Tensor deinterleave16(const at::Tensor& x32) {
+  const int64_t M = x32.size(0), K = x32.size(1), main = K / 16 * 16;
+  at::Tensor out = x32.clone();
+  if (main > 0) {
+    out.narrow(1, 0, main).view({M, main / 16, 2, 8}).copy_(x32.narrow(1, 0, main).reshape({M, main / 16, 8, 2}).transpose(2, 3));
+  }
+  return out;
+}
+
+struct Prepared {
+  at::Tensor x, bias, group_sums;
+  Output out;
+  at::Tensor y;
+};
+
+Prepared prepare_output(const at::Tensor& x, int64_t N, const at::Tensor& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "skinny matmul: x must be [M, K] on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "skinny matmul: x must be float32 or bfloat16");
+  Prepared p;
+  p.y = at::empty({x.size(0), N}, x.options());
+  p.out.n_cols = N;
+  if (x.scalar_type() == at::kFloat) {
+    p.out.y32 = p.y.data_ptr<float>();
+  } else {
+    p.out.y16 = p.y.data_ptr<c10::BFloat16>();
+  }
+  if (bias.defined()) {
+    TORCH_CHECK(bias.numel() == N, "skinny matmul: bias has ", bias.numel(), " values for ", N, " outputs");
+    p.bias = bias.to(at::kFloat).contiguous();
+    p.out.bias = p.bias.data_ptr<float>();
+  }
+  return p;
+}
+
+}  // namespace
+
+bool skinny_kernels_supported() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+bool skinny_kernels_enabled() { return skinny_kernels_supported() && enabled_flag().load(); }
+
+void set_skinny_kernels_enabled(bool on) { enabled_flag().store(on); }
+
+at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  TORCH_CHECK(skinny_kernels_supported(), "skinny matmul: this CPU lacks AVX2/FMA");
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == x.size(-1) && w.scalar_type() == x.scalar_type() && w.is_contiguous(),
+              "skinny matmul: dense weight must be contiguous [N, K] in x's dtype");
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  Prepared p = prepare_output(x, N, bias);
+  if (M == 0 || N == 0) return p.y;
+  p.x = as_float_rows(x);
+  if (w.scalar_type() == at::kFloat) {
+    const DenseTile<F32Rows> tile{w.data_ptr<float>(), K, {p.x.data_ptr<float>(), K}};
+    run_tiles(tile, N, M, p.out);
+  } else {
+    p.x = deinterleave16(p.x);
+    const DenseTile<Bf16Rows> tile{reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>()), K,
+                                   {p.x.data_ptr<float>(), K}};
+    run_tiles(tile, N, M, p.out);
+  }
+  return p.y;
+}
+
+at::Tensor skinny_linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias) {
+  TORCH_CHECK(skinny_kernels_supported(), "skinny matmul: this CPU lacks AVX2/FMA");
+  TORCH_CHECK(q.dim() == 2 && q.size(1) == x.size(-1) && q.scalar_type() == at::kChar && q.is_contiguous(),
+              "skinny matmul: int8 weight must be contiguous [N, K] int8");
+  const int64_t M = x.size(0), N = q.size(0), K = q.size(1);
+  TORCH_CHECK(scale.numel() == N, "skinny matmul: int8 needs one scale per output row");
+  Prepared p = prepare_output(x, N, bias);
+  if (M == 0 || N == 0) return p.y;
+  p.x = as_float_rows(x);
+  const at::Tensor s32 = scale.to(at::kFloat).contiguous();
+  p.out.row_scale = s32.data_ptr<float>();
+  const DenseTile<Int8Rows> tile{q.data_ptr<int8_t>(), K, {p.x.data_ptr<float>(), K}};
+  run_tiles(tile, N, M, p.out);
+  return p.y;
+}
+
+SkinnyInt4 skinny_pack_int4(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& zero, int64_t group) {
+  TORCH_CHECK(q.dim() == 2, "skinny int4: codes must be [N, K]");
+  const int64_t N = q.size(0), K = q.size(1), K64 = (K + 63) / 64 * 64;
+  TORCH_CHECK(group > 0 && group % 32 == 0 && K % group == 0, "skinny int4: K ", K, " and group ", group,
+              " must be multiples of 32, K of the group");
+  TORCH_CHECK(scale.sizes() == zero.sizes() && scale.numel() == N * (K / group), "skinny int4: scale/zero must be [N, K/group]");
+  // lane j of 64-column block b = sum_i q[64b + 8i + j] << 4i (columns past K: code 0)
+  at::Tensor qi = at::constant_pad_nd(q.to(at::kLong), {0, K64 - K}).view({N, K64 / 64, 8, 8});
+  at::Tensor lanes = at::zeros({N, K64 / 64, 8}, qi.options());
+  for (int64_t i = 0; i < 8; ++i) lanes.bitwise_or_(qi.select(2, i).bitwise_left_shift(4 * i));
+  at::Tensor bytes = at::stack({lanes.bitwise_and(0xff), lanes.bitwise_right_shift(8).bitwise_and(0xff),
+                                lanes.bitwise_right_shift(16).bitwise_and(0xff), lanes.bitwise_right_shift(24)},
+                               3);  // [N, K64/64, 8, 4], little-endian
+  SkinnyInt4 w;
+  w.codes = bytes.to(at::kByte).reshape({N, K64 / 2}).contiguous();
+  w.params = at::stack({scale.to(at::kBFloat16).reshape({N, K / group}), zero.to(at::kBFloat16).reshape({N, K / group})},
+                       2)
+                 .contiguous();  // [N, groups, 2]
+  w.group = group;
+  w.in_features = K;
+  return w;
+}
+
+at::Tensor skinny_linear_int4(const at::Tensor& x, const SkinnyInt4& w, const at::Tensor& bias) {
+  TORCH_CHECK(skinny_kernels_supported(), "skinny matmul: this CPU lacks AVX2/FMA");
+  const int64_t M = x.size(0), N = w.codes.size(0), K = w.in_features, K64 = w.codes.size(1) * 2;
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "skinny int4: input has ", x.size(-1), " features, weight ", K);
+  Prepared p = prepare_output(x, N, bias);
+  if (M == 0 || N == 0) return p.y;
+  const int64_t groups = K / w.group;
+  const at::Tensor x32 = as_float_rows(x);
+  // column 8i + j of each 64-block scaled by 16^-i, i < 7 (exact: a power of two); zeros past K
+  const at::Tensor pow16 =
+      at::tensor({1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536, 1.0f / 1048576, 1.0f / 16777216, 1.0f})
+          .view({1, 1, 8, 1});
+  p.x = (at::constant_pad_nd(x32, {0, K64 - K}).view({M, K64 / 64, 8, 8}) * pow16).reshape({M, K64}).contiguous();
+  // lane-wise sums of x per group, in a fixed order (columns 8t + j, t increasing)
+  p.group_sums = at::empty({M, groups, 8}, x32.options());
+  {
+    const float* src = x32.data_ptr<float>();
+    float* dst = p.group_sums.data_ptr<float>();
+    const int64_t per = w.group / 8;
+    for (int64_t r = 0; r < M * groups; ++r) {
+      for (int j = 0; j < 8; ++j) {
+        float s = 0;
+        for (int64_t t = 0; t < per; ++t) s += src[(r * per + t) * 8 + j];
+        dst[r * 8 + j] = s;
+      }
+    }
+  }
+  const Activations a{p.x.data_ptr<float>(), K64, p.group_sums.data_ptr<float>(), groups};
+  const Int4Tile tile{{w.codes.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(w.params.data_ptr<c10::BFloat16>()),
+                       w.group, K64 / 2},
+                      K, a};
+  run_tiles(tile, N, M, p.out);
+  return p.y;
+}
+
+}  // namespace glmvoice::llm
