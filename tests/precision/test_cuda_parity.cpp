@@ -4,6 +4,7 @@
 // sampling on the device, and the int8 / int4 weight-only kernels.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -56,6 +57,17 @@ void expect_close(const char* what, const at::Tensor& got, const at::Tensor& ref
 }
 
 }  // namespace
+
+// A CUDA build must load libtorch_cuda, whose static initialisers register the CUDA kernels:
+// linked with --as-needed it was dropped (nothing references it) and every CUDA op failed
+// with "Could not run ... from the 'CUDA' backend". Needs no GPU, so it runs on any CUDA build.
+TEST(CudaBuild, test_cuda_kernels_are_registered) {
+  if (!GLMVOICE_HAVE_CUDA) GTEST_SKIP() << "CPU-only build (no usable libtorch_cuda): skipped";
+  auto op = c10::Dispatcher::singleton().findSchema({"aten::empty", "memory_format"});
+  ASSERT_TRUE(op.has_value());
+  EXPECT_TRUE(op->hasKernelForDispatchKey(c10::DispatchKey::CUDA))
+      << "libtorch_cuda is not loaded: it was dropped at link time (see meson.build)";
+}
 
 TEST(CudaParity, llm_fp32_prompt_logits_and_greedy_ids) {
   GLMVOICE_REQUIRE_CUDA();
