@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #define GLMVOICE_AVX2 __attribute__((target("avx2,fma")))
 
@@ -118,13 +119,16 @@ struct Activations {
   int64_t groups = 0;
 };
 
-// Software prefetch of the next tile while this one runs. A tile's NB rows are NB streams that
-// each start on a fresh 4 KiB page (a 1024-column fp32 row is one page), where the hardware
-// prefetchers must re-train; fetching the next tile's bytes ahead, spread evenly over this
-// tile's blocks, keeps the memory busy instead.
+// Software prefetch kPrefetchAhead bytes (at least one tile) ahead of the tile being read,
+// spread evenly over its blocks. A tile's NB rows are NB short streams, each starting on a
+// fresh 4 KiB page (a 1024-column fp32 row is one page) where the hardware prefetchers must
+// re-train, and a small int4 tile is over before they do; measured, the loads then wait on
+// memory latency instead of streaming.
+constexpr int64_t kPrefetchAhead = 16384;
+
 struct Prefetcher {
-  const char* next = nullptr;  // the next tile's first byte; null: nothing to fetch
-  int64_t bytes = 0;           // its size
+  const char* next = nullptr;  // first byte to fetch; null: nothing to fetch
+  int64_t bytes = 0;           // how many
   int64_t per_block = 0, done = 0, cursor = 0;
   void start(int64_t blocks) { per_block = blocks > 0 ? (bytes + blocks - 1) / blocks : bytes; }
   GLMVOICE_AVX2 inline void step() {
@@ -133,6 +137,15 @@ struct Prefetcher {
     for (; done < cursor && done < bytes; done += 64) _mm_prefetch(next + done, _MM_HINT_T0);
   }
 };
+
+// The bytes [tile + ahead, tile + ahead + tile size) of a thread's contiguous rows, clipped to
+// its range [begin, end) (row_bytes each, from base).
+inline Prefetcher prefetch_ahead(const char* base, int64_t row_bytes, int64_t n0, int64_t nb, int64_t end) {
+  const int64_t tile = nb * row_bytes, ahead = std::max(kPrefetchAhead, tile);
+  const int64_t from = n0 * row_bytes + ahead, to = std::min(from + tile, end * row_bytes);
+  if (from >= to) return {};
+  return {base + from, to - from};
+}
 
 // One tile: MB activation rows x NB weight rows over all of K; sums[m * NB + n].
 template <class R, int MB, int NB>
@@ -254,11 +267,11 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int6
 }
 
 // All activation rows against weight rows [n0, n0 + NB), in blocks of up to MB rows; the
-// first block prefetches the next tile (later blocks find this one in cache).
+// first block prefetches ahead (later blocks find this tile in cache).
 template <class Tile, int NB, int MB>
-GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_next_end, int64_t M, const Output& out) {
+GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_end, int64_t M, const Output& out) {
   float sums[MB * NB];
-  Prefetcher pf = tile.prefetcher(n0 + NB, n_next_end);
+  Prefetcher pf = prefetch_ahead(tile.base(), tile.row_bytes(), n0, NB, n_end);
   for (int64_t m = 0; m < M; m += MB) {
     const int64_t mb = std::min<int64_t>(MB, M - m);
     if (mb == MB) {
@@ -280,8 +293,8 @@ GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_next_end, i
 template <class Tile, int NB, int MB>
 GLMVOICE_AVX2 void rows_range(const Tile& tile, int64_t n_begin, int64_t n_end, int64_t M, const Output& out) {
   int64_t n = n_begin;
-  for (; n + NB <= n_end; n += NB) rows_tile<Tile, NB, MB>(tile, n, std::min(n + 2 * NB, n_end), M, out);
-  for (; n < n_end; ++n) rows_tile<Tile, 1, MB>(tile, n, std::min(n + 2, n_end), M, out);
+  for (; n + NB <= n_end; n += NB) rows_tile<Tile, NB, MB>(tile, n, n_end, M, out);
+  for (; n < n_end; ++n) rows_tile<Tile, 1, MB>(tile, n, n_end, M, out);
 }
 
 template <class R>
@@ -294,10 +307,8 @@ struct DenseTile {
   GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
     dense_tile<R, MB, NB>(w + n0 * K, K, a.x + m0 * a.ld, a.ld, K, sums, pf);
   }
-  Prefetcher prefetcher(int64_t n_begin, int64_t n_end) const {
-    if (n_begin >= n_end) return {};
-    return {reinterpret_cast<const char*>(w + n_begin * K), (n_end - n_begin) * K * int64_t{sizeof(typename R::T)}};
-  }
+  const char* base() const { return reinterpret_cast<const char*>(w); }
+  int64_t row_bytes() const { return K * int64_t{sizeof(typename R::T)}; }
 };
 
 struct Int4Tile {
@@ -309,10 +320,8 @@ struct Int4Tile {
   GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
     int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups * 8, a.groups, K, sums, pf);
   }
-  Prefetcher prefetcher(int64_t n_begin, int64_t n_end) const {
-    if (n_begin >= n_end) return {};
-    return {reinterpret_cast<const char*>(w.codes + n_begin * w.row_bytes), (n_end - n_begin) * w.row_bytes};
-  }
+  const char* base() const { return reinterpret_cast<const char*>(w.codes); }
+  int64_t row_bytes() const { return w.row_bytes; }
 };
 
 // Tile shape by M: 8 independent accumulators at M = 1 (FMA latency), then as many activation
@@ -341,27 +350,88 @@ void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
 }
 
 // ---- activations ---------------------------------------------------------------------------
+// Prepared with plain loops into per-thread scratch: a decode step makes ~5 calls per layer,
+// and tensor ops here (copies, views, allocations) cost tens of microseconds each.
 
-at::Tensor as_float_rows(const at::Tensor& x) { return x.scalar_type() == at::kFloat ? x.contiguous() : x.to(at::kFloat).contiguous(); }
+// Scratch of the calling thread, reused across calls (the workers only read it).
+float* scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[4];  // x, a row, int4 group sums, bias
+  auto& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
 
-// bf16 weights read even columns then odd ones per 16-column block.
-at::Tensor deinterleave16(const at::Tensor& x32) {
-  const int64_t M = x32.size(0), K = x32.size(1), main = K / 16 * 16;
-  at::Tensor out = x32.clone();
-  if (main > 0) {
-    out.narrow(1, 0, main).view({M, main / 16, 2, 8}).copy_(x32.narrow(1, 0, main).reshape({M, main / 16, 8, 2}).transpose(2, 3));
+// Row m of x (fp32 or bf16, contiguous) as fp32 into dst[0, K).
+void row_to_float(const at::Tensor& x, int64_t m, float* dst) {
+  const int64_t K = x.size(1);
+  if (x.scalar_type() == at::kFloat) {
+    std::memcpy(dst, x.data_ptr<float>() + m * K, static_cast<size_t>(K) * sizeof(float));
+  } else {
+    const c10::BFloat16* src = x.data_ptr<c10::BFloat16>() + m * K;
+    for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<float>(src[k]);
   }
-  return out;
+}
+
+// x as fp32 rows of K columns in natural order (fp32 and int8 weights).
+Activations natural_rows(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1);
+  if (x.scalar_type() == at::kFloat) return {x.data_ptr<float>(), K};
+  float* d = scratch(0, M * K);
+  for (int64_t m = 0; m < M; ++m) row_to_float(x, m, d + m * K);
+  return {d, K};
+}
+
+// bf16 weights read each 16-column block as its even columns, then its odd ones.
+Activations deinterleaved_rows(const at::Tensor& x) {
+  const int64_t M = x.size(0), K = x.size(1), main = K / 16 * 16;
+  float* row = scratch(1, K);
+  float* d = scratch(0, M * K);
+  for (int64_t m = 0; m < M; ++m) {
+    row_to_float(x, m, row);
+    float* out = d + m * K;
+    for (int64_t b = 0; b < main; b += 16) {
+      for (int j = 0; j < 8; ++j) {
+        out[b + j] = row[b + 2 * j];
+        out[b + 8 + j] = row[b + 2 * j + 1];
+      }
+    }
+    for (int64_t k = main; k < K; ++k) out[k] = row[k];
+  }
+  return {d, K};
+}
+
+// int4: rows of K64 columns, column 8i + j of each 64-block scaled by 16^-i for i < 7 (exact:
+// a power of two), zeros past K; and the lane-wise sums of x per group (columns 8t + j, t
+// increasing), before scaling.
+Activations int4_rows(const at::Tensor& x, int64_t K64, int64_t group) {
+  const int64_t M = x.size(0), K = x.size(1), groups = K / group;
+  static const float kScale[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536, 1.0f / 1048576,
+                                  1.0f / 16777216, 1.0f};
+  float* d = scratch(0, M * K64);
+  float* sums = scratch(2, M * groups * 8);
+  for (int64_t m = 0; m < M; ++m) {
+    float* out = d + m * K64;
+    row_to_float(x, m, out);
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int j = 0; j < 8; ++j) {
+        float acc = 0;
+        for (int64_t t = 0; t < group / 8; ++t) acc += out[g * group + 8 * t + j];
+        sums[(m * groups + g) * 8 + j] = acc;
+      }
+    }
+    for (int64_t k = K; k < K64; ++k) out[k] = 0;
+    for (int64_t k = 0; k < K64; ++k) out[k] *= kScale[(k % 64) / 8];
+  }
+  return {d, K64, sums, groups};
 }
 
 struct Prepared {
-  at::Tensor x, bias, group_sums;
   Output out;
   at::Tensor y;
 };
 
 Prepared prepare_output(const at::Tensor& x, int64_t N, const at::Tensor& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "skinny matmul: x must be [M, K] on the CPU");
+  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu() && x.is_contiguous(), "skinny matmul: x must be contiguous [M, K] on the CPU");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
               "skinny matmul: x must be float32 or bfloat16");
   Prepared p;
@@ -373,9 +443,16 @@ Prepared prepare_output(const at::Tensor& x, int64_t N, const at::Tensor& bias) 
     p.out.y16 = p.y.data_ptr<c10::BFloat16>();
   }
   if (bias.defined()) {
-    TORCH_CHECK(bias.numel() == N, "skinny matmul: bias has ", bias.numel(), " values for ", N, " outputs");
-    p.bias = bias.to(at::kFloat).contiguous();
-    p.out.bias = p.bias.data_ptr<float>();
+    TORCH_CHECK(bias.numel() == N && bias.device().is_cpu(), "skinny matmul: bias has ", bias.numel(), " values for ", N,
+                " outputs");
+    if (bias.scalar_type() == at::kFloat && bias.is_contiguous()) {
+      p.out.bias = bias.data_ptr<float>();
+    } else {
+      const at::Tensor b = bias.to(at::kFloat).contiguous();
+      float* d = scratch(3, N);
+      std::memcpy(d, b.data_ptr<float>(), static_cast<size_t>(N) * sizeof(float));
+      p.out.bias = d;
+    }
   }
   return p;
 }
@@ -398,15 +475,11 @@ at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const a
   const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
   Prepared p = prepare_output(x, N, bias);
   if (M == 0 || N == 0) return p.y;
-  p.x = as_float_rows(x);
   if (w.scalar_type() == at::kFloat) {
-    const DenseTile<F32Rows> tile{w.data_ptr<float>(), K, {p.x.data_ptr<float>(), K}};
-    run_tiles(tile, N, M, p.out);
+    run_tiles(DenseTile<F32Rows>{w.data_ptr<float>(), K, natural_rows(x)}, N, M, p.out);
   } else {
-    p.x = deinterleave16(p.x);
-    const DenseTile<Bf16Rows> tile{reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>()), K,
-                                   {p.x.data_ptr<float>(), K}};
-    run_tiles(tile, N, M, p.out);
+    const auto* w16 = reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>());
+    run_tiles(DenseTile<Bf16Rows>{w16, K, deinterleaved_rows(x)}, N, M, p.out);
   }
   return p.y;
 }
@@ -419,11 +492,9 @@ at::Tensor skinny_linear_int8(const at::Tensor& x, const at::Tensor& q, const at
   TORCH_CHECK(scale.numel() == N, "skinny matmul: int8 needs one scale per output row");
   Prepared p = prepare_output(x, N, bias);
   if (M == 0 || N == 0) return p.y;
-  p.x = as_float_rows(x);
-  const at::Tensor s32 = scale.to(at::kFloat).contiguous();
+  const at::Tensor s32 = scale.scalar_type() == at::kFloat ? scale.contiguous() : scale.to(at::kFloat).contiguous();
   p.out.row_scale = s32.data_ptr<float>();
-  const DenseTile<Int8Rows> tile{q.data_ptr<int8_t>(), K, {p.x.data_ptr<float>(), K}};
-  run_tiles(tile, N, M, p.out);
+  run_tiles(DenseTile<Int8Rows>{q.data_ptr<int8_t>(), K, natural_rows(x)}, N, M, p.out);
   return p.y;
 }
 
@@ -433,15 +504,12 @@ SkinnyInt4 skinny_pack_int4(const at::Tensor& q, const at::Tensor& scale, const 
   TORCH_CHECK(group > 0 && group % 32 == 0 && K % group == 0, "skinny int4: K ", K, " and group ", group,
               " must be multiples of 32, K of the group");
   TORCH_CHECK(scale.sizes() == zero.sizes() && scale.numel() == N * (K / group), "skinny int4: scale/zero must be [N, K/group]");
-  // lane j of 64-column block b = sum_i q[64b + 8i + j] << 4i (columns past K: code 0)
-  at::Tensor qi = at::constant_pad_nd(q.to(at::kLong), {0, K64 - K}).view({N, K64 / 64, 8, 8});
-  at::Tensor lanes = at::zeros({N, K64 / 64, 8}, qi.options());
-  for (int64_t i = 0; i < 8; ++i) lanes.bitwise_or_(qi.select(2, i).bitwise_left_shift(4 * i));
-  at::Tensor bytes = at::stack({lanes.bitwise_and(0xff), lanes.bitwise_right_shift(8).bitwise_and(0xff),
-                                lanes.bitwise_right_shift(16).bitwise_and(0xff), lanes.bitwise_right_shift(24)},
-                               3);  // [N, K64/64, 8, 4], little-endian
+  // lane j of 64-column block b = sum_i q[64b + 8i + j] << 4i (columns past K: code 0), i.e.
+  // byte t of the lane holds codes 2t (low nibble) and 2t + 1 (high nibble); built in uint8.
+  at::Tensor qb = at::constant_pad_nd(q.to(at::kByte), {0, K64 - K}).view({N, K64 / 64, 4, 2, 8});
+  at::Tensor bytes = qb.select(3, 0).bitwise_or(qb.select(3, 1).bitwise_left_shift(4)).transpose(2, 3);  // [N, K64/64, 8, 4]
   SkinnyInt4 w;
-  w.codes = bytes.to(at::kByte).reshape({N, K64 / 2}).contiguous();
+  w.codes = bytes.contiguous().view({N, K64 / 2});
   w.params = at::stack({scale.to(at::kBFloat16).reshape({N, K / group}), zero.to(at::kBFloat16).reshape({N, K / group})},
                        2)
                  .contiguous();  // [N, groups, 2]
@@ -456,32 +524,9 @@ at::Tensor skinny_linear_int4(const at::Tensor& x, const SkinnyInt4& w, const at
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "skinny int4: input has ", x.size(-1), " features, weight ", K);
   Prepared p = prepare_output(x, N, bias);
   if (M == 0 || N == 0) return p.y;
-  const int64_t groups = K / w.group;
-  const at::Tensor x32 = as_float_rows(x);
-  // column 8i + j of each 64-block scaled by 16^-i, i < 7 (exact: a power of two); zeros past K
-  const at::Tensor pow16 =
-      at::tensor({1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536, 1.0f / 1048576, 1.0f / 16777216, 1.0f})
-          .view({1, 1, 8, 1});
-  p.x = (at::constant_pad_nd(x32, {0, K64 - K}).view({M, K64 / 64, 8, 8}) * pow16).reshape({M, K64}).contiguous();
-  // lane-wise sums of x per group, in a fixed order (columns 8t + j, t increasing)
-  p.group_sums = at::empty({M, groups, 8}, x32.options());
-  {
-    const float* src = x32.data_ptr<float>();
-    float* dst = p.group_sums.data_ptr<float>();
-    const int64_t per = w.group / 8;
-    for (int64_t r = 0; r < M * groups; ++r) {
-      for (int j = 0; j < 8; ++j) {
-        float s = 0;
-        for (int64_t t = 0; t < per; ++t) s += src[(r * per + t) * 8 + j];
-        dst[r * 8 + j] = s;
-      }
-    }
-  }
-  const Activations a{p.x.data_ptr<float>(), K64, p.group_sums.data_ptr<float>(), groups};
-  const Int4Tile tile{{w.codes.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(w.params.data_ptr<c10::BFloat16>()),
-                       w.group, K64 / 2},
-                      K, a};
-  run_tiles(tile, N, M, p.out);
+  const Int4Rows rows{w.codes.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(w.params.data_ptr<c10::BFloat16>()),
+                      w.group, K64 / 2};
+  run_tiles(Int4Tile{rows, K, int4_rows(x, K64, w.group)}, N, M, p.out);
   return p.y;
 }
 
