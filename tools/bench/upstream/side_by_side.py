@@ -395,8 +395,11 @@ def main():
         sys.path.insert(0, os.path.join(src, sub))
 
     torch.set_num_threads(a.threads)
-    log("torch %s (%s), %d threads; glmvoice-bench %s" % (
-        torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), a.bench))
+    # OMP_WAIT_POLICY (read by libgomp at start, inherited by glmvoice-bench): on a machine
+    # with more runnable threads than cores, PASSIVE avoids barrier stalls of a whole time slice.
+    log("torch %s (%s), %d threads, OMP_WAIT_POLICY=%s; glmvoice-bench %s" % (
+        torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
+        os.environ.get("OMP_WAIT_POLICY", "(default)"), a.bench))
     guard = LoadGuard(a.pause_cmd, a.resume_cmd)
     results = Results()
     stages = {"tokenizer": bench_tokenizer, "decoder": bench_decoder, "llm": bench_llm}
