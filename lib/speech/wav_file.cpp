@@ -66,7 +66,8 @@ WavData parse_wav(const uint8_t* file_data, size_t file_size, const std::string&
       data_size = std::min<size_t>(size, avail);  // tolerate a streaming header (size 0xFFFFFFFF)
       break;
     }
-    pos += 8 + size + (size & 1);
+    // In size_t: 8 + size in 32 bits wraps to 0 for size 0xFFFFFFF8 (a fuzzer-found endless loop).
+    pos += 8 + static_cast<size_t>(size) + (size & 1u);
   }
   if (channels == 0 || rate == 0) throw Error(ErrorCode::kBadFile, path, "fmt", "missing or empty fmt chunk");
   if (!data) throw Error(ErrorCode::kBadFile, path, "data", "missing data chunk");

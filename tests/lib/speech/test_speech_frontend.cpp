@@ -11,6 +11,7 @@
 #include "speech/endpointer.h"
 #include "speech/log_mel.h"
 #include "speech/tokenizer_model.h"
+#include "io/error.h"
 #include "speech/wav_file.h"
 #include "test_support.h"
 
@@ -138,6 +139,22 @@ TEST(SpeechFrontend, test_wav_reader) {
   write_wav16(dir + "/c.wav", {}, 0, 1);
   EXPECT_THROW(read_wav_mono16k(dir + "/c.wav"), std::exception);
   EXPECT_THROW(read_wav(dir + "/missing.wav"), std::exception);
+}
+
+// Found by fuzz_wav (tests/fuzz/corpus/wav/regression_chunk_size_wraps.wav): a chunk of size
+// 0xFFFFFFF8 made the chunk walk's 32-bit step 8 + size wrap to 0, an endless loop.
+TEST(SpeechFrontend, test_wav_chunk_size_near_4g_ends) {
+  std::string f = std::string("RIFF") + std::string("\x40\0\0\0", 4) + "WAVE";
+  f += std::string("fmt ") + std::string("\x10\0\0\0", 4);
+  f += std::string("\x01\0\x01\0\x80\x3e\0\0\0\x7d\0\0\x02\0\x10\0", 16);  // PCM mono 16 kHz 16 bit
+  f += std::string("LIST") + std::string("\xf8\xff\xff\xff", 4) + std::string(8, '\0');
+  const auto* data = reinterpret_cast<const uint8_t*>(f.data());
+  try {
+    parse_wav(data, f.size(), "wrap.wav");
+    ADD_FAILURE() << "a file without a data chunk was accepted";
+  } catch (const glmvoice::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
