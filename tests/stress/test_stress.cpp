@@ -373,7 +373,13 @@ TEST(Soak, test_200_turns_flat_memory_and_context_policy) {
     series += mb;
   }
   std::printf("soak: RSS every 10 turns (MB):%s\n", series.c_str());
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed memory resident (up to 256 MB): RSS says nothing here, and
+  // LeakSanitizer checks the leaks instead.
+  std::printf("soak: RSS bound not checked under AddressSanitizer\n");
+#else
   EXPECT_LE(peak, base + base / 20) << "resident memory grew more than 5 % after warm-up";
+#endif
   {
     std::lock_guard<std::mutex> lock(p.bus().mutex);
     EXPECT_GT(p.bus().context_drops, 0);
