@@ -282,7 +282,7 @@ TEST(TorchPickleBad, UnknownOpcodeAndGlobal) {
   expect_pickle_error(std::string("\x80\x02s.", 4), "underflow");
   expect_pickle_error(std::string("\x80\x02h\x05.", 5), "memo entry 5 missing");
   expect_pickle_error(std::string("\x80\x02}", 3), "without STOP");
-  expect_pickle_error(std::string("\x80\x02X\xff\x00\x00\x00ab", 9), "truncated");
+  expect_pickle_error(std::string("\x80\x02X\xff\x00\x00\x00" "ab", 9), "truncated");
   expect_pickle_error(std::string("\x80\x02K\x01.", 5), "not a state dict");
   // A dict value that is not a tensor.
   expect_pickle_error(std::string("\x80\x02}X\x01\x00\x00\x00" "aK\x01s.", 14), "not a tensor");
