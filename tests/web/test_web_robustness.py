@@ -196,9 +196,10 @@ def main():
         check(not kinds, f"no GStreamer object of ours left alive at exit ({len(alive)} reported; unexpected: {dict(kinds)})")
         print("PASS")
         return 0
-    except AssertionError as e:
-        print(f"FAIL: {e}")
-        server.dump_log()
+    except Exception as e:  # an assertion, or the server dropping the connection (a crash)
+        print(f"FAIL: {type(e).__name__}: {e}")
+        server.stop()
+        server.dump_log(last=120)
         return 1
     finally:
         rc = server.stop()

@@ -3,6 +3,7 @@ bounded waits, and a minimal Chrome DevTools protocol client (python3-websocket)
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,10 @@ class Server:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                # A hang at shutdown: print where every thread is before killing it.
+                if shutil.which("gdb"):
+                    subprocess.run(["gdb", "-batch", "-p", str(self.proc.pid), "-ex", "thread apply all bt 25"],
+                                   stdout=sys.stdout, stderr=subprocess.STDOUT, timeout=60, check=False)
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode

@@ -8,10 +8,14 @@
 #include <glib-unix.h>
 #include <gst/gst.h>
 
+#include <atomic>
 #include <cstdio>
 #include <exception>
 #include <regex>
 #include <string>
+#include <thread>
+
+#include <unistd.h>
 
 #include "../cli/args.h"
 #include "model_set.h"
@@ -142,6 +146,21 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "glmvoice-web: %s\n", e.what());
   }
+  // gst_deinit joins every GStreamer task thread. Now and then webrtcbin (1.22) leaves a torn-down
+  // session's nicesrc task running (a race in its teardown: the web tests see its receive bin
+  // alive at exit), and that join never returns: bound it, so that SIGTERM always ends the server.
+  std::atomic<bool> deinit_done{false};
+  std::thread deinit_watchdog([&deinit_done, status] {
+    for (int i = 0; i < 100 && !deinit_done; ++i) g_usleep(100 * 1000);
+    if (!deinit_done) {
+      std::fprintf(stderr, "glmvoice-web: GStreamer teardown still waiting for a task after 10 s "
+                           "(webrtcbin left one running); exiting\n");
+      std::fflush(stderr);
+      _exit(status);
+    }
+  });
   gst_deinit();  // GST_TRACERS=leaks reports what is left here
+  deinit_done = true;
+  deinit_watchdog.join();
   return status;
 }

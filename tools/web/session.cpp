@@ -292,7 +292,17 @@ void Session::send_offer(GstPromise* promise) {
       error = std::string("create-offer failed: ") + (e ? e->message : "no offer");
       if (e) g_error_free(e);
     } else {
-      g_signal_emit_by_name(webrtc_, "set-local-description", offer, nullptr);
+      // On webrtcbin's thread: the session may be closing on the main thread right now.
+      GstElement* webrtc = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(webrtc_lock_);
+        if (webrtc_) webrtc = GST_ELEMENT(gst_object_ref(webrtc_));
+      }
+      if (webrtc) {
+        g_signal_emit_by_name(webrtc, "set-local-description", offer, nullptr);
+        // Never the last unref on webrtcbin's own thread (finalizing it joins that thread).
+        run_on_main([webrtc] { gst_object_unref(webrtc); });
+      }
       gchar* text = gst_sdp_message_as_text(offer->sdp);
       sdp_text = text;
       g_free(text);
@@ -635,7 +645,10 @@ void Session::close(const std::string& reason) {
     bus_watch_ = 0;
   }
   GstElement* pipeline = pipeline_;
-  pipeline_ = webrtc_ = llm_ = gate_ = text_in_ = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(webrtc_lock_);
+    pipeline_ = webrtc_ = llm_ = gate_ = text_in_ = nullptr;
+  }
   const int id = id_;
   log_line(id, "closing: " + reason);
   if (pipeline) {

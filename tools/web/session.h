@@ -88,7 +88,8 @@ class Session : public std::enable_shared_from_this<Session> {
   Closed closed_;
   bool closed_flag_ = false;          // main thread
   GstElement* pipeline_ = nullptr;    // main thread owns the ref until close()
-  GstElement* webrtc_ = nullptr;      // borrowed from pipeline_
+  GstElement* webrtc_ = nullptr;      // borrowed from pipeline_; cleared by close() under webrtc_lock_
+  std::mutex webrtc_lock_;            // webrtcbin's thread reads webrtc_ (send_offer) while close() runs
   GstElement* llm_ = nullptr;         // borrowed
   GstElement* gate_ = nullptr;        // borrowed: valve before the tokenizer (type mode drops)
   GstElement* text_in_ = nullptr;     // borrowed: appsrc
