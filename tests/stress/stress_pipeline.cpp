@@ -42,6 +42,12 @@ void Watchdog::arm(const std::string& what, double seconds) {
   cv_.notify_all();
 }
 
+void Watchdog::note(const std::string& what) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  recent_.push_back(what);
+  if (recent_.size() > kHistory) recent_.pop_front();
+}
+
 void Watchdog::disarm() {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = false;

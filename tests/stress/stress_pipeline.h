@@ -27,6 +27,8 @@ class Watchdog {
   // Starts timing `what`; it must be disarmed within `seconds`.
   void arm(const std::string& what, double seconds);
   void disarm();
+  // Records an operation that needs no bound (it cannot block) in the history.
+  void note(const std::string& what);
   std::string history() const;
 
  private:
