@@ -1,6 +1,7 @@
 // JSON configs through nlohmann::json; every error names the file and the key.
 #include "io/json_config.h"
 
+#include <cstdint>
 #include <cmath>
 #include <filesystem>
 #include <fstream>

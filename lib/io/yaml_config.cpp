@@ -3,6 +3,7 @@
 // yaml-cpp's YAML 1.1 resolution and HyperPyYAML's differ on floats such as `1e-06`.
 #include "io/yaml_config.h"
 
+#include <cstdint>
 #include <cctype>
 #include <cerrno>
 #include <cmath>

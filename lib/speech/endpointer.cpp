@@ -1,6 +1,7 @@
 // Trailing-silence endpointing; see endpointer.h.
 #include "speech/endpointer.h"
 
+#include <cstdint>
 #include <algorithm>
 #include <cmath>
 

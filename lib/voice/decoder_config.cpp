@@ -5,6 +5,7 @@
 
 #include "io/error.h"
 #include "io/yaml_config.h"
+#include <cstdint>
 
 namespace glmvoice::voice {
 

@@ -1,5 +1,6 @@
 #include "test_support.h"
 
+#include <cstdint>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>

@@ -2,6 +2,7 @@
 // and tiny models written on demand by the lib's tiny-model writers.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace glmvoice::test {

@@ -1,5 +1,6 @@
 #include "args.h"
 
+#include <cstdint>
 #include <stdexcept>
 
 namespace glmvoice::tools {

@@ -2,6 +2,7 @@
 // positionals. Unknown options are an error so typos do not pass silently.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>

@@ -4,6 +4,7 @@
 //   tokenizer  config.json with model_type "whisper" / a WhisperVQ architecture + safetensors
 //   llm        config.json with model_type "chatglm" / a ChatGLM architecture + tokenizer.model
 //   decoder    config.yaml + flow.pt + hift.pt
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <map>
