@@ -10,6 +10,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -213,6 +214,10 @@ std::shared_ptr<const LlmModel> LlmModel::load_impl(const ModelOptions& requeste
   const double base = 10000.0 * c.rope_ratio;
   at::Tensor exponent = at::arange(0, r, 2, at::TensorOptions().dtype(at::kFloat)) / static_cast<float>(r);
   m->inv_freq_ = (1.0 / at::pow(static_cast<float>(base), exponent)).to(device);
+  m->fused_ops_ = device.is_cuda();
+  if (const char* env = std::getenv("GLMVOICE_LLM_FUSED"); env != nullptr && *env != '\0') {
+    m->fused_ops_ = std::string(env) != "0";
+  }
 
   runtime::log(runtime::LogLevel::kInfo,
                dir + ": ChatGLM " + std::to_string(c.num_layers) + " layers, hidden " + std::to_string(H) +
@@ -278,19 +283,21 @@ void LlmModel::ensure_capacity(KvCache& cache, int64_t needed) const {
 
 // §3.2: one rounding at the end; weight kept in f32.
 at::Tensor LlmModel::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
+  if (fused_ops_) {  // one kernel on CUDA; the same f32 math, another summation order
+    return at::rms_norm(x.to(at::kFloat), {x.size(-1)}, w, config_.layernorm_epsilon).to(x.scalar_type());
+  }
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor var = x32.pow(2).mean(-1, /*keepdim=*/true);
   return (w * (x32 * at::rsqrt(var + config_.layernorm_epsilon))).to(x.scalar_type());
 }
 
-// §3.3 step 3: x [T, n, d]; rotates pairs (2i, 2i+1) of the first r dims; cos/sin [T, r/2].
-at::Tensor LlmModel::rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
-  const int64_t T = x.size(0), n = x.size(1), d = x.size(2), r = config_.rotary_dim();
-  at::Tensor xr = x.narrow(2, 0, r).reshape({T, n, r / 2, 2});
-  at::Tensor x0 = xr.select(3, 0), x1 = xr.select(3, 1);
-  at::Tensor c = cos.view({T, 1, r / 2}), s = sin.view({T, 1, r / 2});
-  at::Tensor out = at::stack({x0 * c - x1 * s, x1 * c + x0 * s}, -1).view({T, n, r});
-  return at::cat({out, x.narrow(2, r, d - r)}, 2);
+// §3.3 step 3: rotates pairs (2i, 2i+1) of the first r dims of every head. Negation is exact,
+// so x·(c, c) + swap(x)·(−s, s) rounds like the reference's x0·c − x1·s and x1·c + x0·s.
+void LlmModel::rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, const at::Tensor& sin2) const {
+  const int64_t N = qk.size(0), n = qk.size(1), r = config_.rotary_dim();
+  at::Tensor pairs = qk.narrow(2, 0, r).view({N, n, r / 2, 2});
+  at::Tensor c = cos2.view({N, 1, r / 2, 2}), s = sin2.view({N, 1, r / 2, 2});
+  pairs.copy_(pairs * c + pairs.flip(-1) * s);
 }
 
 void LlmModel::check_input(const int64_t* ids, int64_t T, const KvCache& cache) const {
@@ -355,6 +362,26 @@ at::Tensor LlmModel::attend(const at::Tensor& q, const at::Tensor& K, const at::
   return ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
 }
 
+// attend() through SDPA. The hpg query heads of a group share its K/V, so they go in as hpg·T
+// query rows of one "head" per group (as attend() lays them out): no K/V expansion, no GQA
+// support needed from the kernel. A decode step (T = 1) sees every key: no mask.
+at::Tensor LlmModel::attend_fused(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const {
+  const ChatGlmConfig& c = config_;
+  const int64_t T = q.size(0), S = P + T;
+  const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
+  const int64_t hpg = c.heads_per_group();
+  at::Tensor qg = q.reshape({T, ng, hpg, d}).permute({1, 2, 0, 3}).reshape({1, ng, hpg * T, d});
+  c10::optional<at::Tensor> mask;
+  if (T > 1) {  // row (h, t) sees keys j <= P + t
+    const auto opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+    at::Tensor qi = at::arange(P, P + T, opts).repeat({hpg}).unsqueeze(1);
+    mask = at::arange(0, S, opts).unsqueeze(0) <= qi;  // [hpg·T, S]
+  }
+  at::Tensor ctx = at::scaled_dot_product_attention(qg, K.unsqueeze(0), V.unsqueeze(0), mask, 0.0, false,
+                                                    1.0 / std::sqrt(static_cast<double>(d)));
+  return ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
+}
+
 // All rows of all items go through the projections and the MLP as one [N, H] matrix (the
 // weights are read once per step, whatever B is); rotary and attention are per row / per item.
 std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& items) const {
@@ -396,23 +423,25 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
     cos = cos.to(dtype);
     sin = sin.to(dtype);
   }
+  const at::Tensor cos2 = at::stack({cos, cos}, -1), sin2 = at::stack({-sin, sin}, -1);  // [N, r/2, 2]
 
   std::vector<at::Tensor> ctx_parts(B);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     at::Tensor n1 = rms_norm(h, L.input_norm);
     at::Tensor mixed = linear(n1, L.qkv_w, L.qkv_b);  // [N, qkv_out], bias fused (§3.7)
-    at::Tensor q = mixed.narrow(1, 0, c.q_size()).reshape({N, nh, d});
-    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).reshape({N, ng, d});
-    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).reshape({N, ng, d});
-    q = rotary(q, cos, sin);
-    k = rotary(k, cos, sin);
+    rotary_in_place(mixed.narrow(1, 0, c.q_size() + c.kv_size()).view({N, nh + ng, d}), cos2, sin2);
+    at::Tensor q = mixed.narrow(1, 0, c.q_size()).view({N, nh, d});
+    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).view({N, ng, d});
+    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).view({N, ng, d});
     for (size_t b = 0; b < B; ++b) {
       KvCache& cache = *items[b].cache;
       const int64_t P = cache.length, T = items[b].n_ids;
       cache.k[l].narrow(1, P, T).copy_(k.narrow(0, offset[b], T).transpose(0, 1));
       cache.v[l].narrow(1, P, T).copy_(v.narrow(0, offset[b], T).transpose(0, 1));
-      ctx_parts[b] = attend(q.narrow(0, offset[b], T), cache.k[l].narrow(1, 0, P + T), cache.v[l].narrow(1, 0, P + T), P);
+      const at::Tensor qb = q.narrow(0, offset[b], T), Kb = cache.k[l].narrow(1, 0, P + T),
+                       Vb = cache.v[l].narrow(1, 0, P + T);
+      ctx_parts[b] = fused_ops_ ? attend_fused(qb, Kb, Vb, P) : attend(qb, Kb, Vb, P);
     }
     at::Tensor ctx = B == 1 ? ctx_parts[0] : at::cat(ctx_parts, 0);  // [N, nh·d]
     h = h + linear(ctx, L.dense_w, L.dense_b);

@@ -93,11 +93,15 @@ class LlmModel {
   LlmModel() = default;
   static std::shared_ptr<const LlmModel> load_impl(const ModelOptions& options, const uint64_t* random_seed);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w) const;
-  at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  // §3.3 step 3 in place on qk [N, n, d] (q and k heads side by side); cos2 = (c, c) and
+  // sin2 = (-s, s) per pair [N, r/2, 2]. Rounds exactly like x0·c − x1·s, x1·c + x0·s.
+  void rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, const at::Tensor& sin2) const;
   void ensure_capacity(KvCache& cache, int64_t needed) const;
   // Attention of one sequence's rows q [T, nh, d] against its cache (positions 0 … P+T-1,
   // the last T just written): ctx [T, nh·d].
   at::Tensor attend(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const;
+  // The same through scaled_dot_product_attention (flash / memory-efficient kernels).
+  at::Tensor attend_fused(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const;
 
   ModelOptions options_;
   ChatGlmConfig config_;
@@ -105,6 +109,11 @@ class LlmModel {
   at::Tensor embedding_, final_norm_;  // the embedding stays in the compute dtype (a lookup)
   LinearWeight output_;                 // quantized too in int8/int4 (the largest matrix)
   at::Tensor inv_freq_;  // [r/2] f32, from base 10000·rope_ratio (checkpoint's value ignored)
+  // On CUDA: SDPA and the fused RMSNorm kernel (a decode step is ~25 kernels per layer instead
+  // of ~65; at 9B shapes it was bound by launch overhead, 7.9x the memory floor). The CPU keeps
+  // the explicit ops that round like the reference. GLMVOICE_LLM_FUSED=1/0 forces either
+  // (tests compare the two on the CPU).
+  bool fused_ops_ = false;
   std::vector<Layer> layers_;
 };
 

@@ -7,6 +7,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "io/error.h"
 #include "runtime/dtype.h"
 #include "runtime/options.h"
@@ -23,6 +26,15 @@ int64_t int4_group_for(int64_t k) {
     if (k % g == 0) return g;
   }
   return 0;
+}
+
+// GLMVOICE_INT8_CUDA_KERNEL=pack: libtorch's _weight_int8pack_mm on CUDA too (to measure it).
+bool int8_pack_kernel_on_cuda() {
+  static const bool pack = [] {
+    const char* env = std::getenv("GLMVOICE_INT8_CUDA_KERNEL");
+    return env != nullptr && std::string(env) == "pack";
+  }();
+  return pack;
 }
 
 [[noreturn]] void unsupported(const std::string& name, const std::string& why) {
@@ -128,7 +140,12 @@ at::Tensor LinearWeight::forward(const at::Tensor& x, const at::Tensor& bias) co
               "bfloat16 input on the CPU");
   at::Tensor a = x.reshape({-1, k_}).contiguous();
   at::Tensor y;
-  if (format_ == runtime::kInt8) {
+  if (format_ == runtime::kInt8 && a.is_cuda() && !int8_pack_kernel_on_cuda()) {
+    // libtorch's CUDA _weight_int8pack_mm is a plain kernel: 85 ms per 9B decode step on an
+    // H200, 19x the floor (gpu-check 2026-11-30). The codes widen exactly to bf16, cuBLAS
+    // multiplies, the row scale comes after the sum as in the packed kernel (one more rounding).
+    y = at::mm(a, packed_.to(a.scalar_type()).t()).mul_(scales_.to(a.scalar_type()));
+  } else if (format_ == runtime::kInt8) {
     y = at::_weight_int8pack_mm(a, packed_, scales_.to(a.scalar_type()));
   } else if (a.is_cuda()) {
     y = at::_weight_int4pack_mm(a, packed_, group_, scales_);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 #include "io/error.h"
@@ -115,6 +116,36 @@ TEST(ChunkedPrefill, tiny_model_chunks_match_one_shot) {
     const auto got = greedy(*m, ids, chunk, 20, &first);
     EXPECT_LT((first - one_shot).abs().max().item<double>(), 1e-4) << "chunk " << chunk;
     EXPECT_EQ(got, want) << "chunk " << chunk;
+  }
+}
+
+// The CUDA path (SDPA with the grouped-query rows, the fused RMSNorm) forced on the CPU: the
+// fixture prompt in fp32 and bf16, one-shot and chunked (masked rows with a non-empty cache),
+// against the references; the explicit path stays the reference-rounding one.
+TEST(FusedOps, sdpa_and_fused_norm_match_the_references) {
+  GLMVOICE_REQUIRE_FIXTURES();
+  const auto ids = to_ids(io::read_npy(fixture_ref_dir() + "/prompt.input_ids.npy"));
+  struct Case {
+    c10::ScalarType dtype;
+    const char* prefix;
+    double tol;  // next-token logits vs the reference of that dtype
+  };
+  for (const Case& k : {Case{c10::kFloat, "fp32", 1e-4}, Case{c10::kBFloat16, "bf16", 0.25}}) {
+    const auto ref_greedy = to_ids(io::read_npy(fixture_ref_dir() + "/" + k.prefix + ".greedy_ids.npy"));
+    at::Tensor ref_last = io::read_npy(fixture_ref_dir() + "/" + k.prefix + ".prompt_logits.npy").squeeze(0)[-1];
+    setenv("GLMVOICE_LLM_FUSED", "1", 1);
+    auto fused = llm::LlmModel::load({fixture_llm_dir(), c10::Device(c10::kCPU), k.dtype});
+    unsetenv("GLMVOICE_LLM_FUSED");
+    const int n = static_cast<int>(ref_greedy.size());
+    for (size_t chunk : {0, 7}) {
+      at::Tensor first;
+      const auto got = greedy(*fused, ids, chunk, n, &first);
+      const double err = (first.to(at::kFloat) - ref_last).abs().max().item<double>();
+      std::printf("fused %s, chunk %zu: next-token logits max |diff| %.3g vs the reference (tol %g)\n", k.prefix, chunk,
+                  err, k.tol);
+      EXPECT_LT(err, k.tol) << k.prefix << " chunk " << chunk;
+      EXPECT_EQ(got, ref_greedy) << k.prefix << " chunk " << chunk;
+    }
   }
 }
 
