@@ -117,7 +117,7 @@ TEST(CliInspect, TinyModels) {
 }
 
 TEST(CliInspect, BadPathOneLine) {
-  for (const std::string args : {std::string("inspect --model /nonexistent/model/dir"),
+  for (const std::string& args : {std::string("inspect --model /nonexistent/model/dir"),
                                  "inspect --model " + quote(glmvoice::test::scratch_dir("not-a-model")),
                                  std::string("inspect"), std::string("inspect --model")}) {
     CliRun r = run_cli(args);
