@@ -29,4 +29,8 @@ int bench_decoder(int argc, char** argv);    // bench_voice.cpp
 int bench_e2e(int argc, char** argv);        // bench_e2e.cpp: one turn through all three
 int bench_dtypes(int argc, char** argv);     // bench_gpu.cpp: the LLM per weight format
 
+// The real GLM-4-Voice-9B config.json (llm spec §1.2) in `dir`, beside the tiny tokenizer files
+// and without weights: for LlmModel::load_random (bench_gpu.cpp).
+void write_real_llm_config(const std::string& dir);
+
 }  // namespace glmvoice::tools

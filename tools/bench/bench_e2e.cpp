@@ -5,6 +5,7 @@
 //   glmvoice-bench e2e [--size tiny|mid] [--schedule upstream|ours|both] [--wav QUESTION.wav]
 //                      [--question-seconds 5] [--answer-tokens 200] [--prefill-chunk 13]
 //                      [--context-tokens 50] [--threads N] [--dir DIR]
+//                      [--device cpu|cuda] [--llm-dtype float32|bfloat16|int8|int4] [--real-llm]
 //
 //   upstream  the reference demo's order: the question is tokenized after the turn ends
 //             (TokenizerModel::tokenize), the prompt is prefilled in one call, the decoder runs
@@ -24,6 +25,10 @@
 // A random LLM does not speak in the 13 text / 26 speech rhythm, so the answer's k-th token is
 // routed as text when k mod 39 < 13 and otherwise as speech token (sampled id mod codebook):
 // the real model's timeline with random compute.
+// `--device` runs all three models there (the LLM in --llm-dtype, default: float32 on CPU,
+// bfloat16 on CUDA; tokenizer and decoder in their device defaults); `--real-llm` swaps the
+// LLM for the real GLM-4-Voice-9B shapes with random weights made in memory (what
+// scripts/gpu-check.sh runs on a GPU).
 // Reported per schedule: end-of-turn -> first answer audio (TTFA) and each stage's share of it,
 // the answer's real-time factor; then `ttfa ratio upstream/ours: X`.
 #include <ATen/ATen.h>
@@ -40,6 +45,7 @@
 #include "../cli/args.h"
 #include "bench.h"
 #include "llm/chat.h"
+#include "llm/chatglm_model.h"
 #include "llm/tiny_model.h"
 #include "speech/tiny_model.h"
 #include "speech/tokenizer_model.h"
@@ -47,6 +53,8 @@
 #include "speech/wav_file.h"
 #include "voice/decoder_model.h"
 #include "voice/tiny_model.h"
+#include "runtime/dtype.h"
+#include "runtime/options.h"
 
 namespace glmvoice::tools {
 
@@ -206,9 +214,9 @@ void report(const char* name, const TurnTimes& r) {
 }  // namespace
 
 int bench_e2e(int argc, char** argv) {
-  Args args(argc, argv, 2, {});
+  Args args(argc, argv, 2, {"real-llm"});
   args.check_known({"size", "schedule", "wav", "question-seconds", "answer-tokens", "prefill-chunk", "context-tokens",
-                    "threads", "dir"});
+                    "threads", "dir", "device", "llm-dtype", "real-llm"});
   const std::string size = args.get("size", "tiny");
   const std::string schedule = args.get("schedule", "both");
   if (schedule != "upstream" && schedule != "ours" && schedule != "both") {
@@ -219,12 +227,25 @@ int bench_e2e(int argc, char** argv) {
   c10::InferenceMode guard;
 
   const Dirs dirs = ensure_models(size, args.get("dir", "/tmp/glmvoice-bench-e2e/" + size));
+  const c10::Device device = runtime::parse_device(args.get("device", "cpu"));
+  const c10::ScalarType llm_dtype = args.has("llm-dtype") ? runtime::parse_dtype(args.get("llm-dtype"))
+                                                          : runtime::default_dtype(runtime::Stage::kLlm, device);
   auto t_load = Clock::now();
-  auto tokenizer = speech::TokenizerModel::load({dirs.tokenizer, c10::kCPU, c10::kFloat});
-  auto llm_model = llm::LlmModel::load({dirs.llm, c10::kCPU, c10::kFloat});
-  auto decoder = voice::DecoderModel::load({dirs.decoder, c10::kCPU, c10::kFloat});
-  std::printf("e2e %s: models loaded in %.2f s (threads %d)\n", size.c_str(), seconds_since(t_load),
-              at::get_num_threads());
+  auto tokenizer = speech::TokenizerModel::load(
+      {dirs.tokenizer, device, runtime::default_dtype(runtime::Stage::kTokenizer, device)});
+  std::shared_ptr<const llm::LlmModel> llm_model;
+  std::string llm_name = size;
+  if (args.has("real-llm")) {
+    const std::string real_dir = dirs.llm + "-real-9b-shapes";
+    if (!fs::exists(real_dir + "/config.json")) write_real_llm_config(real_dir);
+    llm_model = llm::LlmModel::load_random({real_dir, device, llm_dtype}, 2);
+    llm_name = "real 9B shapes, random";
+  } else {
+    llm_model = llm::LlmModel::load({dirs.llm, device, llm_dtype});
+  }
+  auto decoder = voice::DecoderModel::load({dirs.decoder, device, runtime::default_dtype(runtime::Stage::kDecoder, device)});
+  std::printf("e2e %s on %s: LLM %s in %s; models loaded in %.2f s (threads %d)\n", size.c_str(), device.str().c_str(),
+              llm_name.c_str(), runtime::dtype_name(llm_dtype).c_str(), seconds_since(t_load), at::get_num_threads());
   const at::Tensor question = args.has("wav") ? speech::read_wav_mono16k(args.get("wav"))
                                               : synthetic_question(args.get_double("question-seconds", 5.0));
   std::printf("question: %.2f s; answer: %lld tokens, 13 text / 26 speech routing\n",

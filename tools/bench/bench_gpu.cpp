@@ -72,8 +72,18 @@ double read_bandwidth(const c10::Device& device) {
   return static_cast<double>(x.numel() * 4) / (best / 1000.0);
 }
 
+struct Row {
+  std::string dtype;
+  double load_ms = 0, weight_gb = 0, memory_gb = 0, prefill_ms = 0, decode_ms = 0, floor_ms = 0;
+  double logits_err = -1;  // vs bfloat16, max abs over the prompt
+  int64_t greedy_same = -1, greedy_n = 0;
+  std::string error;
+};
+
+}  // namespace
+
 // The real GLM-4-Voice-9B config (llm spec §1.2) in `dir`, beside the tiny tokenizer files.
-void write_real_config(const std::string& dir) {
+void write_real_llm_config(const std::string& dir) {
   llm::write_tiny_llm(dir, "tiny", 0);
   for (const auto& e : fs::directory_iterator(dir)) {
     if (e.path().extension() == ".safetensors" || e.path().filename() == "model.safetensors.index.json") {
@@ -100,16 +110,6 @@ void write_real_config(const std::string& dir) {
   std::ofstream(path) << j.dump(2);
 }
 
-struct Row {
-  std::string dtype;
-  double load_ms = 0, weight_gb = 0, memory_gb = 0, prefill_ms = 0, decode_ms = 0, floor_ms = 0;
-  double logits_err = -1;  // vs bfloat16, max abs over the prompt
-  int64_t greedy_same = -1, greedy_n = 0;
-  std::string error;
-};
-
-}  // namespace
-
 int bench_dtypes(int argc, char** argv) {
   c10::InferenceMode guard;
   Args args(argc, argv, 2, {"real"});
@@ -127,7 +127,7 @@ int bench_dtypes(int argc, char** argv) {
       std::printf("writing %s into %s ...\n", config.c_str(), path.c_str());
       std::fflush(stdout);
       if (real) {
-        write_real_config(path);
+        write_real_llm_config(path);
       } else {
         llm::write_tiny_llm(path, config, 0);
       }

@@ -7,7 +7,9 @@
 // Configs are the glmvoice-mkmodel ones (lib/llm/tiny_model.h): `tiny` (hidden 64, 2 layers)
 // and `mid` (hidden 1024, 8 layers, 8 heads x 128, 2 KV groups, ffn 3424, the real
 // 168960-row vocabulary; random weights), written once into DIR (default
-// /tmp/glmvoice-bench-llm/<config>; mid is ~0.9 GB). --model benchmarks an existing checkpoint.
+// /tmp/glmvoice-bench-llm/<config>; mid is ~0.9 GB), and `real-9b`: GLM-4-Voice-9B's shapes
+// with random weights made in memory on the device (no file; for a GPU, scripts/gpu-check.sh).
+// --model benchmarks an existing checkpoint.
 // Prefill: one forward of P prompt tokens into an empty cache (ms/token = time / P).
 // Decode: D single-token steps after the prompt, each with the greedy argmax (ms/token).
 // Real time needs >= 18.75 tokens/s (39 tokens per 2.08 s of speech, spec llm.md §6.4).
@@ -53,10 +55,15 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 
+// `real-9b` is made in memory (LlmModel::load_random); everything else is loaded from its files.
+std::shared_ptr<const llm::LlmModel> load_model(const std::string& label, const ModelOptions& options) {
+  return label == "real-9b" ? llm::LlmModel::load_random(options, 0) : llm::LlmModel::load(options);
+}
+
 void bench_model(const std::string& label, const ModelOptions& options, const std::vector<int64_t>& prompts,
                  int64_t decode, int repeat) {
   auto t0 = Clock::now();
-  const auto model = llm::LlmModel::load(options);
+  const auto model = load_model(label, options);
   const double load_ms = ms_since(t0);
   const auto& c = model->config();
   std::printf("%s: %s, %lld layers, hidden %lld, heads %lld x %lld, kv groups %lld, ffn %lld, vocab %lld, "
@@ -189,7 +196,7 @@ ConcurrentResult run_concurrent(const std::shared_ptr<const llm::LlmModel>& mode
 
 void bench_concurrent(const std::string& label, const ModelOptions& options, const std::vector<int64_t>& ns,
                       int64_t prompt, int64_t decode, int64_t max_batch) {
-  const auto model = llm::LlmModel::load(options);
+  const auto model = load_model(label, options);
   const int threads = at::get_num_threads();
   std::printf("%s: concurrent calls, prompt %lld, %lld decode tokens each, %d threads, max-batch %s\n",
               label.c_str(), (long long)prompt, (long long)decode, threads,
@@ -254,7 +261,11 @@ int bench_llm(int argc, char** argv) {
     if (!fs::exists(fs::path(options.path) / "config.json")) {
       std::printf("writing %s checkpoint to %s ...\n", config.c_str(), options.path.c_str());
       std::fflush(stdout);
-      llm::write_tiny_llm(options.path, config, 0);
+      if (config == "real-9b") {
+        write_real_llm_config(options.path);
+      } else {
+        llm::write_tiny_llm(options.path, config, 0);
+      }
     }
     run(config);
   }
