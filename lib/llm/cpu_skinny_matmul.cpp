@@ -332,7 +332,9 @@ struct Int4Tile {
 };
 
 // Tile shape by M: 8 independent accumulators at M = 1 (FMA latency), then as many activation
-// rows per converted weight vector as the 16 ymm registers allow.
+// rows per converted weight vector as the 16 ymm registers allow. M >= 4: 4 activation rows x
+// 3 weight rows, 12 accumulators, 7 vector loads per 12 multiply-adds (4 x 2 needed 10 per 8;
+// measured, 1 thread, [50000, 1024], M = 8: fp32 29 -> 22 ms, int8 15.5 -> 12.2 ms).
 template <class Tile>
 void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
   at::parallel_for(0, N, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
@@ -351,7 +353,7 @@ void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
     } else if (M == 3) {
       rows_range<Tile, 3, 3>(tile, begin, end, M, out);
     } else {
-      rows_range<Tile, 2, 4>(tile, begin, end, M, out);
+      rows_range<Tile, 3, 4>(tile, begin, end, M, out);
     }
   });
 }

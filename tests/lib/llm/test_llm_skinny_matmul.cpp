@@ -1,5 +1,5 @@
 // The AVX2 skinny matmul kernels (lib/llm/cpu_skinny_matmul.h) against a float64 reference of
-// the same (dequantized) weights, for every weight format, M in {1, 2, 3, 8, 16} and sizes
+// the same (dequantized) weights, for every weight format, M in {1, 2, 3, 5, 6, 7, 8, 16} and sizes
 // with odd N and K tails; batch invariance (row m of an M-row call is bit-identical to the
 // 1-row call); bias added before the one bf16 rounding; LinearWeight's dispatch and off switch.
 #include <gtest/gtest.h>
@@ -21,7 +21,8 @@ namespace {
 #define SKIP_WITHOUT_KERNELS()                                                            \
   if (!skinny_kernels_supported()) GTEST_SKIP() << "this CPU lacks AVX2/FMA: no skinny kernels"
 
-const std::vector<int64_t> kRows = {1, 2, 3, 8, 16};
+// 5, 6, 7: row blocks of 4 with a tail of 1, 2, 3 rows (the tile for M >= 4).
+const std::vector<int64_t> kRows = {1, 2, 3, 5, 6, 7, 8, 16};
 
 enum class Format { kF32, kBf16, kInt8, kInt4 };
 std::string name(Format f) {
