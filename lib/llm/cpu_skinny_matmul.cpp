@@ -3,7 +3,7 @@
 // Shape of the work: output rows n are split over at::parallel_for's threads; each thread walks
 // its rows in tiles of NB rows, and for each tile runs every block of MB activation rows over
 // the whole of K, so the tile's weights come from memory once and from L1/L2 for the other
-// row blocks. Inside a tile, one 8-lane fp32 accumulator per (m, n) (two for int4) sums
+// row blocks. Inside a tile, one 8-lane fp32 accumulator per (m, n) (int4: per group) sums
 // x[m, k] * w[n, k] over blocks of k in increasing order; a fixed horizontal sum and a scalar
 // tail for K % block finish it. The tile shape (NB x MB) is chosen from M for register use
 // and independent accumulator chains; it never changes what each accumulator computes.
@@ -12,11 +12,13 @@
 //   bf16: a 32-byte load is 16 weights; <<16 gives the even columns, & 0xffff0000 the odd ones
 //         (x is de-interleaved to match once per call).
 //   int8: vpmovsxbd + vcvtdq2ps, 8 weights; the row's scale multiplies the sum.
-//   int4: a 16-byte load zero-extended to 8 x 32-bit lanes holds 32 codes; code i of each lane
-//         is (lanes & 0xf << 4i) converted to fp32 = q * 16^i, and x's columns for that i are
-//         pre-scaled by 16^-i, so the product equals x * q exactly. Per group g the kernel adds
-//         scale * sum(x * q) + (zero - 8 * scale) * sum(x) (the lane-wise sum of x over the
-//         group computed once per call), which is sum(x * ((q - 8) * scale + zero)).
+//   int4: a 32-byte load holds 64 codes, 8 per 32-bit lane; code i of each lane is
+//         (lanes & 0xf << 4i) converted to fp32 = q * 16^i (i = 7: shifted down), and x's
+//         columns for that i are pre-scaled by 16^-i, so the product equals x * q exactly:
+//         one and, one conversion and one multiply-add per 8 weights and activation row. Per
+//         group g the kernel adds scale * sum(x * q), and at the end
+//         sum_g (zero - 8 * scale) * sum(x over g) (the group sums of x computed once per
+//         call), which together are sum(x * ((q - 8) * scale + zero)).
 #include "llm/cpu_skinny_matmul.h"
 
 #include <ATen/ATen.h>
@@ -118,7 +120,7 @@ struct Output {
 struct Activations {
   const float* x = nullptr;
   int64_t ld = 0;
-  const float* group_sums = nullptr;  // int4: [M, groups, 8] lane-wise sums of x per group
+  const float* group_sums = nullptr;  // int4: [M, groups] sums of x per group
   int64_t groups = 0;
 };
 
@@ -189,59 +191,91 @@ GLMVOICE_AVX2 void dense_tile(const typename R::T* w, int64_t ldw, const float* 
 }
 
 // int4: codes [N, K64 / 2] (K64 = K rounded up to 64; 32 bytes per 64 columns), params
-// [N, groups, 2] bf16 (scale, zero).
+// [N, 2, groups] fp32 (the groups' scales, then their zero - 8 * scale).
 struct Int4Rows {
   const uint8_t* codes;
-  const uint16_t* params;
-  int64_t group, row_bytes;
+  const float* params;
+  int64_t group, groups, row_bytes;
 };
 
-// A load the compiler may not merge with an identical one nor hoist: without this, GCC keeps
-// every reused x vector and code word in a register across the unrolled tile and spills the
-// accumulators instead.
-GLMVOICE_AVX2 inline __m256i load_fresh(const void* p) {
-  __m256i v;
-  asm volatile("vmovdqu %1, %0" : "=x"(v) : "m"(*static_cast<const __m256i*>(p)));
-  return v;
+// Masks selecting code i (bits 4i .. 4i + 3) of each 32-bit lane, i < 7 (code 7 is shifted).
+struct NibbleMasks {
+  alignas(32) uint32_t m[7][8];
+};
+constexpr NibbleMasks make_nibble_masks() {
+  NibbleMasks r{};
+  for (int i = 0; i < 7; ++i) {
+    for (int j = 0; j < 8; ++j) r.m[i][j] = 0xfu << (4 * i);
+  }
+  return r;
+}
+constexpr NibbleMasks kNibbleMasks = make_nibble_masks();
+
+// v & mask with the mask read from memory by the instruction itself: the seven masks would
+// otherwise take registers the accumulators need (GCC then rebuilt them in the inner loop).
+GLMVOICE_AVX2 inline __m256i and_mem(__m256i v, const uint32_t* mask) {
+  __m256i r;
+  asm("vpand %2, %1, %0" : "=x"(r) : "x"(v), "m"(*reinterpret_cast<const __m256i*>(mask)));
+  return r;
 }
 
-// Codes 4 * HALF .. 4 * HALF + 3 of each 32-bit lane of a 64-column block (columns 32 * HALF
-// .. + 31), as fp32 q * 16^i (code 7: shifted down, q * 1), times x pre-scaled to match.
-// Two accumulators per (m, n), for even and odd i: 8 independent chains at M = 1.
-template <int MB, int NB, int HALF>
-GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const float* xb, int64_t ldx,
-                                    __m256 (&acc)[MB][NB][2]) {
+// Code i of each lane of a 64-column block as fp32 q * 16^i (code 7: shifted down, q * 1).
+template <int I>
+GLMVOICE_AVX2 inline __m256 int4_codes(__m256i raw) {
+  return _mm256_cvtepi32_ps(I == 7 ? _mm256_srli_epi32(raw, 28) : and_mem(raw, kNibbleMasks.m[I < 7 ? I : 0]));
+}
+
+// Codes 4 * HALF .. 4 * HALF + 3 of each lane (columns 32 * HALF .. + 31 of the block) times
+// x pre-scaled to match, into one accumulator per (m, n). The codes of the NB rows stay in
+// registers for the four steps; each decoded vector serves the MB activation rows.
+template <int MB, int NB, int I>
+GLMVOICE_AVX2 inline void int4_step(const __m256i (&raw)[NB], const float* xb, int64_t ldx, __m256 (&acc)[MB][NB]) {
+  __m256 xv[MB];
 #pragma GCC unroll 4
-  for (int i = 4 * HALF; i < 4 * HALF + 4; ++i) {
-    __m256 xv[MB];
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) xv[m] = _mm256_castsi256_ps(load_fresh(xb + m * ldx + 8 * i));
+  for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_ps(xb + m * ldx + 8 * I);
 #pragma GCC unroll 8
-    for (int n = 0; n < NB; ++n) {
-      const __m256i raw = load_fresh(codes + n * ldc);
-      const __m256i q = i == 7 ? _mm256_srli_epi32(raw, 28) : _mm256_and_si256(raw, _mm256_set1_epi32(0xf << (4 * i)));
-      const __m256 wv = _mm256_cvtepi32_ps(q);
+  for (int n = 0; n < NB; ++n) {
+    const __m256 wv = int4_codes<I>(raw[n]);
 #pragma GCC unroll 4
-      for (int m = 0; m < MB; ++m) acc[m][n][i & 1] = _mm256_fmadd_ps(xv[m], wv, acc[m][n][i & 1]);
-    }
+    for (int m = 0; m < MB; ++m) acc[m][n] = _mm256_fmadd_ps(xv[m], wv, acc[m][n]);
   }
 }
 
+template <int MB, int NB, int HALF>
+GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const float* xb, int64_t ldx,
+                                    __m256 (&acc)[MB][NB]) {
+  __m256i raw[NB];
+#pragma GCC unroll 8
+  for (int n = 0; n < NB; ++n) raw[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + n * ldc));
+  int4_step<MB, NB, 4 * HALF>(raw, xb, ldx, acc);
+  int4_step<MB, NB, 4 * HALF + 1>(raw, xb, ldx, acc);
+  int4_step<MB, NB, 4 * HALF + 2>(raw, xb, ldx, acc);
+  int4_step<MB, NB, 4 * HALF + 3>(raw, xb, ldx, acc);
+}
+
+// Per group g: tot += scale_g * sum(x q) (8 lanes); at the end, the zero term
+// sum_g (zero_g - 8 scale_g) * sum(x over g) from the per-call group sums of x, 8 groups at a
+// time and then one by one, after the horizontal sum of tot.
 template <int MB, int NB>
-GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums,
-                             int64_t groups, int64_t K, float* sums, Prefetcher pf) {
-  const int64_t halves_per_group = w.group / 32;
+GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums, int64_t K,
+                             float* sums, Prefetcher pf) {
+  const int64_t groups = w.groups, halves_per_group = w.group / 32;
   const uint8_t* codes = w.codes + n0 * w.row_bytes;
-  const uint16_t* params = w.params + n0 * groups * 2;
-  alignas(32) float tot[MB][NB][8] = {};  // per group: scale * sum(x q) + (zero - 8 scale) * sum(x)
+  const float* params = w.params + n0 * 2 * groups;
+  alignas(32) float tot[MB][NB][8];
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m) {
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) _mm256_store_ps(tot[m][n], _mm256_setzero_ps());
+  }
   pf.start(K / 32);
   int64_t h = 0;  // 32-column half blocks, in k order
   for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[MB][NB][2];
+    __m256 acc[MB][NB];
 #pragma GCC unroll 4
     for (int m = 0; m < MB; ++m) {
 #pragma GCC unroll 8
-      for (int n = 0; n < NB; ++n) acc[m][n][0] = acc[m][n][1] = _mm256_setzero_ps();
+      for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_ps();
     }
     for (int64_t e = h + halves_per_group; h < e; ++h) {
       pf.step();
@@ -255,19 +289,22 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int6
     }
 #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) {
-      const uint16_t* p = params + (n * groups + g) * 2;
-      const float scale = bf16_bits_to_float(p[0]), zero = bf16_bits_to_float(p[1]);
-      const __m256 sv = _mm256_set1_ps(scale), zv = _mm256_set1_ps(zero - 8.0f * scale);
+      const __m256 sv = _mm256_broadcast_ss(params + n * 2 * groups + g);
 #pragma GCC unroll 4
-      for (int m = 0; m < MB; ++m) {
-        __m256 t = _mm256_fmadd_ps(_mm256_add_ps(acc[m][n][0], acc[m][n][1]), sv, _mm256_load_ps(tot[m][n]));
-        t = _mm256_fmadd_ps(_mm256_loadu_ps(gsums + (m * groups + g) * 8), zv, t);
-        _mm256_store_ps(tot[m][n], t);
-      }
+      for (int m = 0; m < MB; ++m) _mm256_store_ps(tot[m][n], _mm256_fmadd_ps(acc[m][n], sv, _mm256_load_ps(tot[m][n])));
     }
   }
   for (int m = 0; m < MB; ++m) {
-    for (int n = 0; n < NB; ++n) sums[m * NB + n] = hsum(_mm256_load_ps(tot[m][n]));
+    const float* gs = gsums + m * groups;
+    for (int n = 0; n < NB; ++n) {
+      const float* zc = params + n * 2 * groups + groups;
+      __m256 z = _mm256_setzero_ps();
+      int64_t g = 0;
+      for (; g + 8 <= groups; g += 8) z = _mm256_fmadd_ps(_mm256_loadu_ps(zc + g), _mm256_loadu_ps(gs + g), z);
+      float s = hsum(_mm256_load_ps(tot[m][n])) + hsum(z);
+      for (; g < groups; ++g) s += zc[g] * gs[g];
+      sums[m * NB + n] = s;
+    }
   }
 }
 
@@ -304,7 +341,7 @@ GLMVOICE_AVX2 void rows_range(const Tile& tile, int64_t n_begin, int64_t n_end, 
 
 template <class R>
 struct DenseTile {
-  static constexpr int kAccumulators = 1;
+  static constexpr bool kInt4 = false;
   static constexpr bool kPrefetch = R::kPrefetch;
   const typename R::T* w;
   int64_t K;
@@ -318,14 +355,14 @@ struct DenseTile {
 };
 
 struct Int4Tile {
-  static constexpr int kAccumulators = 2;
+  static constexpr bool kInt4 = true;
   static constexpr bool kPrefetch = true;
   Int4Rows w;
   int64_t K;
   Activations a;
   template <int MB, int NB>
   GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
-    int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups * 8, a.groups, K, sums, pf);
+    int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups, K, sums, pf);
   }
   const char* base() const { return reinterpret_cast<const char*>(w.codes); }
   int64_t row_bytes() const { return w.row_bytes; }
@@ -338,13 +375,15 @@ struct Int4Tile {
 template <class Tile>
 void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
   at::parallel_for(0, N, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
-    if (Tile::kAccumulators == 2) {  // int4
+    if (Tile::kInt4) {  // codes of NB rows + MB x NB accumulators + MB x vectors in registers
       if (M == 1) {
-        rows_range<Tile, 4, 1>(tile, begin, end, M, out);
+        rows_range<Tile, 5, 1>(tile, begin, end, M, out);
       } else if (M == 2) {
-        rows_range<Tile, 2, 2>(tile, begin, end, M, out);
+        rows_range<Tile, 4, 2>(tile, begin, end, M, out);
+      } else if (M == 3) {
+        rows_range<Tile, 2, 3>(tile, begin, end, M, out);
       } else {
-        rows_range<Tile, 1, 4>(tile, begin, end, M, out);
+        rows_range<Tile, 2, 4>(tile, begin, end, M, out);
       }
     } else if (M == 1) {
       rows_range<Tile, 8, 1>(tile, begin, end, M, out);
@@ -410,23 +449,20 @@ Activations deinterleaved_rows(const at::Tensor& x) {
 }
 
 // int4: rows of K64 columns, column 8i + j of each 64-block scaled by 16^-i for i < 7 (exact:
-// a power of two), zeros past K; and the lane-wise sums of x per group (columns 8t + j, t
-// increasing), before scaling.
+// a power of two), zeros past K; and the sum of x over each group (in k order, before scaling).
 Activations int4_rows(const at::Tensor& x, int64_t K64, int64_t group) {
   const int64_t M = x.size(0), K = x.size(1), groups = K / group;
   static const float kScale[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536, 1.0f / 1048576,
                                   1.0f / 16777216, 1.0f};
   float* d = scratch(0, M * K64);
-  float* sums = scratch(2, M * groups * 8);
+  float* sums = scratch(2, M * groups);
   for (int64_t m = 0; m < M; ++m) {
     float* out = d + m * K64;
     row_to_float(x, m, out);
     for (int64_t g = 0; g < groups; ++g) {
-      for (int j = 0; j < 8; ++j) {
-        float acc = 0;
-        for (int64_t t = 0; t < group / 8; ++t) acc += out[g * group + 8 * t + j];
-        sums[(m * groups + g) * 8 + j] = acc;
-      }
+      float acc = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) acc += out[k];
+      sums[m * groups + g] = acc;
     }
     for (int64_t k = K; k < K64; ++k) out[k] = 0;
     for (int64_t k = 0; k < K64; ++k) out[k] *= kScale[(k % 64) / 8];
@@ -519,9 +555,10 @@ SkinnyInt4 skinny_pack_int4(const at::Tensor& q, const at::Tensor& scale, const 
   at::Tensor bytes = qb.select(3, 0).bitwise_or(qb.select(3, 1).bitwise_left_shift(4)).transpose(2, 3);  // [N, K64/64, 8, 4]
   SkinnyInt4 w;
   w.codes = bytes.contiguous().view({N, K64 / 2});
-  w.params = at::stack({scale.to(at::kBFloat16).reshape({N, K / group}), zero.to(at::kBFloat16).reshape({N, K / group})},
-                       2)
-                 .contiguous();  // [N, groups, 2]
+  // fp32 of the bf16 scale and zero (as LinearWeight rounds them); zero - 8 * scale rounded once.
+  const at::Tensor s32 = scale.to(at::kBFloat16).to(at::kFloat).reshape({N, K / group});
+  const at::Tensor z32 = zero.to(at::kBFloat16).to(at::kFloat).reshape({N, K / group});
+  w.params = at::stack({s32, z32 - s32 * 8.0}, 1).contiguous();  // [N, 2, groups]
   w.group = group;
   w.in_features = K;
   return w;
@@ -533,8 +570,9 @@ at::Tensor skinny_linear_int4(const at::Tensor& x, const SkinnyInt4& w, const at
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "skinny int4: input has ", x.size(-1), " features, weight ", K);
   Prepared p = prepare_output(x, N, bias);
   if (M == 0 || N == 0) return p.y;
-  const Int4Rows rows{w.codes.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(w.params.data_ptr<c10::BFloat16>()),
-                      w.group, K64 / 2};
+  TORCH_CHECK(w.params.scalar_type() == at::kFloat && w.params.numel() == N * 2 * (K / w.group),
+              "skinny int4: params must be [N, 2, K/group] float32 (from skinny_pack_int4)");
+  const Int4Rows rows{w.codes.data_ptr<uint8_t>(), w.params.data_ptr<float>(), w.group, K / w.group, K64 / 2};
   run_tiles(Int4Tile{rows, K, int4_rows(x, K64, w.group)}, N, M, p.out);
   return p.y;
 }

@@ -93,6 +93,9 @@ const std::vector<Case> kCases = {
     {Format::kInt8, 37, 77, 0},  {Format::kInt8, 203, 1030, 0}, {Format::kInt8, 5, 3, 0},
     {Format::kInt4, 37, 96, 32}, {Format::kInt4, 203, 1024, 128}, {Format::kInt4, 19, 192, 64},
     {Format::kInt4, 13, 224, 32},
+    // int4's zero term runs over the groups 8 at a time, then one by one: 11 and 107 groups
+    // (3424 columns in groups of 32: the mid model's FFN down-projection).
+    {Format::kInt4, 21, 352, 32}, {Format::kInt4, 7, 3424, 32},
 };
 
 TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
