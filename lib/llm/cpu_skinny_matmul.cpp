@@ -71,7 +71,9 @@ GLMVOICE_AVX2 inline float hsum(__m256 v) {
 struct F32Rows {
   using T = float;
   static constexpr int kBlock = 8, kVecs = 1;
-  static constexpr bool kPrefetch = false;
+  // Prefetch only with 2+ rows, spread over all row blocks' passes over a tile (see Prefetcher).
+  static constexpr int64_t kPrefetchFromRows = 2;
+  static constexpr bool kPrefetchEveryPass = true;
   GLMVOICE_AVX2 static inline __m256 load(const float* w, int64_t b, int) { return _mm256_loadu_ps(w + 8 * b); }
   static float scalar(const float* w, int64_t k) { return w[k]; }
 };
@@ -79,7 +81,8 @@ struct F32Rows {
 struct Bf16Rows {
   using T = uint16_t;
   static constexpr int kBlock = 16, kVecs = 2;
-  static constexpr bool kPrefetch = true;
+  static constexpr int64_t kPrefetchFromRows = 1;
+  static constexpr bool kPrefetchEveryPass = false;
   GLMVOICE_AVX2 static inline __m256 load(const uint16_t* w, int64_t b, int p) {
     const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * b));
     return p == 0 ? _mm256_castsi256_ps(_mm256_slli_epi32(r, 16))  // even columns
@@ -91,7 +94,8 @@ struct Bf16Rows {
 struct Int8Rows {
   using T = int8_t;
   static constexpr int kBlock = 8, kVecs = 1;
-  static constexpr bool kPrefetch = true;
+  static constexpr int64_t kPrefetchFromRows = 1;
+  static constexpr bool kPrefetchEveryPass = false;
   GLMVOICE_AVX2 static inline __m256 load(const int8_t* w, int64_t b, int) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8 * b))));
   }
@@ -130,7 +134,11 @@ struct Activations {
 // re-train, and a small int4 tile is over before they do; measured, the loads then wait on
 // memory latency instead of streaming.
 // fp32 rows stream well enough on their own: measured (1 thread, fp32 [168960, 1024] at one
-// row), software prefetch made it ~20 % slower there, while int8/int4 gained 1.3-1.7x.
+// row), software prefetch made it ~20 % slower there, while int8/int4 gained 1.3-1.7x. With
+// 2+ rows, fp32 makes 2+ passes per tile, the first waiting on memory and the others on the
+// multiply-adds; prefetching the next tile across all passes overlaps the two (measured,
+// 1 thread, [50000, 1024], M = 8: 24-28 -> 16-21 ms; bf16 the same, int8 ~8 % slower, so
+// they keep prefetching in the first pass only).
 constexpr int64_t kPrefetchAhead = 16384;
 
 struct Prefetcher {
@@ -157,7 +165,7 @@ inline Prefetcher prefetch_ahead(const char* base, int64_t row_bytes, int64_t n0
 // One tile: MB activation rows x NB weight rows over all of K; sums[m * NB + n].
 template <class R, int MB, int NB>
 GLMVOICE_AVX2 void dense_tile(const typename R::T* w, int64_t ldw, const float* x, int64_t ldx, int64_t K,
-                              float* sums, Prefetcher pf) {
+                              float* sums, Prefetcher& pf) {
   __m256 acc[MB][NB];
 #pragma GCC unroll 4
   for (int m = 0; m < MB; ++m) {
@@ -165,7 +173,6 @@ GLMVOICE_AVX2 void dense_tile(const typename R::T* w, int64_t ldw, const float* 
     for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_ps();
   }
   const int64_t blocks = K / R::kBlock;
-  pf.start(blocks);
   for (int64_t b = 0; b < blocks; ++b) {
     pf.step();
 #pragma GCC unroll 2
@@ -219,6 +226,15 @@ GLMVOICE_AVX2 inline __m256i and_mem(__m256i v, const uint32_t* mask) {
   return r;
 }
 
+// A load the compiler may neither hoist nor merge with another: without it GCC loads the x
+// vectors of later steps early and spills them (and the accumulators) to the stack (measured,
+// 1 thread, int4 [50000, 1024], M = 8: 22 -> 17 ms; at M = 2 it was ~8 % slower: not used).
+GLMVOICE_AVX2 inline __m256 load_fresh(const float* p) {
+  __m256 v;
+  asm volatile("vmovups %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256*>(p)));
+  return v;
+}
+
 // Code i of each lane of a 64-column block as fp32 q * 16^i (code 7: shifted down, q * 1).
 template <int I>
 GLMVOICE_AVX2 inline __m256 int4_codes(__m256i raw) {
@@ -232,7 +248,7 @@ template <int MB, int NB, int I>
 GLMVOICE_AVX2 inline void int4_step(const __m256i (&raw)[NB], const float* xb, int64_t ldx, __m256 (&acc)[MB][NB]) {
   __m256 xv[MB];
 #pragma GCC unroll 4
-  for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_ps(xb + m * ldx + 8 * I);
+  for (int m = 0; m < MB; ++m) xv[m] = MB >= 3 ? load_fresh(xb + m * ldx + 8 * I) : _mm256_loadu_ps(xb + m * ldx + 8 * I);
 #pragma GCC unroll 8
   for (int n = 0; n < NB; ++n) {
     const __m256 wv = int4_codes<I>(raw[n]);
@@ -258,7 +274,7 @@ GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const flo
 // time and then one by one, after the horizontal sum of tot.
 template <int MB, int NB>
 GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums, int64_t K,
-                             float* sums, Prefetcher pf) {
+                             float* sums, Prefetcher& pf) {
   const int64_t groups = w.groups, halves_per_group = w.group / 32;
   const uint8_t* codes = w.codes + n0 * w.row_bytes;
   const float* params = w.params + n0 * 2 * groups;
@@ -268,7 +284,6 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int6
 #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) _mm256_store_ps(tot[m][n], _mm256_setzero_ps());
   }
-  pf.start(K / 32);
   int64_t h = 0;  // 32-column half blocks, in k order
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[MB][NB];
@@ -308,12 +323,14 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int6
   }
 }
 
-// All activation rows against weight rows [n0, n0 + NB), in blocks of up to MB rows; the
-// first block prefetches ahead (later blocks find this tile in cache).
+// All activation rows against weight rows [n0, n0 + NB), in blocks of up to MB rows, each a
+// pass over the tile (the first from memory, the others from cache); the next tile is
+// prefetched during the first pass or spread over all of them (kPrefetchEveryPass).
 template <class Tile, int NB, int MB>
 GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_end, int64_t M, const Output& out) {
   float sums[MB * NB];
-  Prefetcher pf = Tile::kPrefetch ? prefetch_ahead(tile.base(), tile.row_bytes(), n0, NB, n_end) : Prefetcher{};
+  Prefetcher pf = M >= Tile::kPrefetchFromRows ? prefetch_ahead(tile.base(), tile.row_bytes(), n0, NB, n_end) : Prefetcher{};
+  pf.start(tile.steps() * (Tile::kPrefetchEveryPass ? (M + MB - 1) / MB : 1));
   for (int64_t m = 0; m < M; m += MB) {
     const int64_t mb = std::min<int64_t>(MB, M - m);
     if (mb == MB) {
@@ -328,7 +345,7 @@ GLMVOICE_AVX2 void rows_tile(const Tile& tile, int64_t n0, int64_t n_end, int64_
     for (int64_t i = 0; i < mb; ++i) {
       for (int n = 0; n < NB; ++n) out.store(m + i, n0 + n, sums[i * NB + n]);
     }
-    pf.next = nullptr;
+    if (!Tile::kPrefetchEveryPass) pf.next = nullptr;
   }
 }
 
@@ -342,28 +359,32 @@ GLMVOICE_AVX2 void rows_range(const Tile& tile, int64_t n_begin, int64_t n_end, 
 template <class R>
 struct DenseTile {
   static constexpr bool kInt4 = false;
-  static constexpr bool kPrefetch = R::kPrefetch;
+  static constexpr int64_t kPrefetchFromRows = R::kPrefetchFromRows;
+  static constexpr bool kPrefetchEveryPass = R::kPrefetchEveryPass;
   const typename R::T* w;
   int64_t K;
   Activations a;
   template <int MB, int NB>
-  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
+  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher& pf) const {
     dense_tile<R, MB, NB>(w + n0 * K, K, a.x + m0 * a.ld, a.ld, K, sums, pf);
   }
+  int64_t steps() const { return K / R::kBlock; }  // pf.step() calls per pass
   const char* base() const { return reinterpret_cast<const char*>(w); }
   int64_t row_bytes() const { return K * int64_t{sizeof(typename R::T)}; }
 };
 
 struct Int4Tile {
   static constexpr bool kInt4 = true;
-  static constexpr bool kPrefetch = true;
+  static constexpr int64_t kPrefetchFromRows = 1;
+  static constexpr bool kPrefetchEveryPass = false;
   Int4Rows w;
   int64_t K;
   Activations a;
   template <int MB, int NB>
-  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher pf) const {
+  GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher& pf) const {
     int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups, K, sums, pf);
   }
+  int64_t steps() const { return K / 32; }
   const char* base() const { return reinterpret_cast<const char*>(w.codes); }
   int64_t row_bytes() const { return w.row_bytes; }
 };
