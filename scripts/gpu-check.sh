@@ -18,6 +18,7 @@
 #                     unpacked into a private sysroot when this machine lacks them (a GPU box
 #                     with PyTorch but no Debian -dev packages and no network),
 # GPU_CHECK_BENCH=0   build and test only (no benchmarks, no table),
+# GPU_CHECK_BENCHES="llm eager int8pack tokenizer decoder e2e batch"  the benchmarks to run (all),
 # GPU_CHECK_PREBUILT=DIR  skip the build: run the binaries scripts/gpu-pack.sh built elsewhere
 #                     against the same torch wheel (DIR/{lib,tools,tests}; DIR/deps: shared
 #                     libraries the GPU box may lack), to spend the GPU lease on the checks.
@@ -120,6 +121,7 @@ if [ "${GPU_CHECK_BENCH:-1}" = 0 ]; then say "done, no benchmarks (status $statu
 # ---- 4. benchmarks (each bounded; a failure is reported and the rest still run)
 run_bench() {  # NAME SECONDS ARGS...
   local name=$1 secs=$2; shift 2
+  case " ${GPU_CHECK_BENCHES:-$name} " in *" $name "*) ;; *) say "bench $name skipped (GPU_CHECK_BENCHES)"; return ;; esac
   say "bench $name"
   timeout "$secs" "$BENCH" "$@" > "$OUT_DIR/$name.txt" 2>&1
   local rc=$?
@@ -128,6 +130,9 @@ run_bench() {  # NAME SECONDS ARGS...
 }
 run_bench llm 200 dtypes --real --device cuda --dtypes bfloat16,int8,int4 --prompt 512 --decode 64 --repeat 2 \
   --dir "$MODELS" --json "$OUT_DIR/llm.json"
+# the decode step without its CUDA graph (eager launches), beside the default above
+GLMVOICE_LLM_DECODE=eager run_bench eager 90 dtypes --real --device cuda --dtypes bfloat16,int4 --prompt 512 \
+  --decode 64 --repeat 2 --dir "$MODELS"
 # int8 through libtorch's own CUDA kernel (_weight_int8pack_mm), beside the default above
 GLMVOICE_INT8_CUDA_KERNEL=pack run_bench int8pack 120 dtypes --real --device cuda --dtypes bfloat16,int8 --prompt 128 \
   --decode 32 --repeat 1 --dir "$MODELS"
@@ -162,7 +167,7 @@ try:
 except Exception as e:
     rows.append(("LLM 9B", "no result (%s)" % e))
 # The other benches' own summary lines, verbatim (their formats belong to them).
-for name, keys in (("int8pack", r"^\s*int8 .*decode"), ("tokenizer", r"RTF"), ("decoder", r"RTF|first audio"), ("e2e", r"RTF|first|TTFA|ttfa"),
+for name, keys in (("eager", r"^\s*(bfloat16|int4) .*decode"), ("int8pack", r"^\s*int8 .*decode"), ("tokenizer", r"RTF"), ("decoder", r"RTF|first audio"), ("e2e", r"RTF|first|TTFA|ttfa"),
                    ("batch", r"^concurrent|real time")):
     lines = [l.strip() for l in text(name).splitlines() if re.search(keys, l) and not l.strip().startswith("call ")]
     for l in lines[:8] or ["no result (see %s.txt)" % name]:

@@ -18,6 +18,7 @@
 #include "io/error.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "runtime/cuda_graph.h"
 #include "runtime/dtype.h"
 
 namespace glmvoice::llm {
@@ -218,6 +219,19 @@ std::shared_ptr<const LlmModel> LlmModel::load_impl(const ModelOptions& requeste
   if (const char* env = std::getenv("GLMVOICE_LLM_FUSED"); env != nullptr && *env != '\0') {
     m->fused_ops_ = std::string(env) != "0";
   }
+  m->decode_mode_ = device.is_cuda() && runtime::cuda_graphs_built() ? DecodeMode::kGraph : DecodeMode::kEager;
+  if (const char* env = std::getenv("GLMVOICE_LLM_DECODE"); env != nullptr && *env != '\0') {
+    const std::string mode(env);
+    if (mode == "eager") {
+      m->decode_mode_ = DecodeMode::kEager;
+    } else if (mode == "static" || (mode == "graph" && !device.is_cuda())) {
+      m->decode_mode_ = DecodeMode::kStatic;
+    } else if (mode == "graph") {
+      m->decode_mode_ = runtime::cuda_graphs_built() ? DecodeMode::kGraph : DecodeMode::kStatic;
+    } else {
+      throw Error(ErrorCode::kBadInput, "", "GLMVOICE_LLM_DECODE", "'" + mode + "': expected eager, graph or static");
+    }
+  }
 
   runtime::log(runtime::LogLevel::kInfo,
                dir + ": ChatGLM " + std::to_string(c.num_layers) + " layers, hidden " + std::to_string(H) +
@@ -267,8 +281,13 @@ void LlmModel::ensure_capacity(KvCache& cache, int64_t needed) const {
   cap = std::min<int64_t>(cap, std::max<int64_t>(needed, config_.seq_length));
   const auto opts = at::TensorOptions().dtype(runtime::compute_dtype(options_.dtype)).device(options_.device);
   const int64_t ng = config_.multi_query_group_num, d = config_.head_dim();
+  // The static decode step attends over the whole capacity under a mask: unwritten positions
+  // must be finite (0 · NaN would leak through the masked softmax).
+  const bool zeroed = decode_mode_ != DecodeMode::kEager;
+  cache.decode_graph.reset();
   for (size_t l = 0; l < layers_.size(); ++l) {
-    at::Tensor k = at::empty({ng, cap, d}, opts), v = at::empty({ng, cap, d}, opts);
+    at::Tensor k = zeroed ? at::zeros({ng, cap, d}, opts) : at::empty({ng, cap, d}, opts);
+    at::Tensor v = zeroed ? at::zeros({ng, cap, d}, opts) : at::empty({ng, cap, d}, opts);
     if (cache.length > 0) {
       k.narrow(1, 0, cache.length).copy_(cache.k[l].narrow(1, 0, cache.length));
       v.narrow(1, 0, cache.length).copy_(cache.v[l].narrow(1, 0, cache.length));
@@ -382,6 +401,84 @@ at::Tensor LlmModel::attend_fused(const at::Tensor& q, const at::Tensor& K, cons
   return ctx.view({ng, hpg, T, d}).permute({2, 0, 1, 3}).reshape({T, nh * d});
 }
 
+// The decode step of one cache as a CUDA graph: the static tensors it reads (id, position)
+// and writes (logits), and the K/V storage it was captured against.
+struct DecodeGraph {
+  std::unique_ptr<runtime::CapturedGraph> graph;  // null: run decode_step_static eagerly
+  at::Tensor id, pos, logits;
+  int64_t capacity = 0;
+  const void* k0 = nullptr;
+};
+
+at::Tensor LlmModel::decode_step_static(const at::Tensor& id, const at::Tensor& pos, KvCache& cache) const {
+  const ChatGlmConfig& c = config_;
+  const auto dtype = runtime::compute_dtype(options_.dtype);
+  const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
+  const int64_t hpg = c.heads_per_group(), cap = cache.capacity;
+  at::Tensor h = embedding_.index_select(0, id);  // [1, H]
+  at::Tensor angles = at::outer(pos.to(at::kFloat), inv_freq_);
+  at::Tensor cos = angles.cos(), sin = angles.sin();
+  if (dtype != at::kFloat) {
+    cos = cos.to(dtype);
+    sin = sin.to(dtype);
+  }
+  const at::Tensor cos2 = at::stack({cos, cos}, -1), sin2 = at::stack({-sin, sin}, -1);
+  const at::Tensor visible = (at::arange(cap, pos.options()) <= pos).view({1, 1, 1, cap});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    at::Tensor mixed = linear(rms_norm(h, L.input_norm), L.qkv_w, L.qkv_b);
+    rotary_in_place(mixed.narrow(1, 0, c.q_size() + c.kv_size()).view({1, nh + ng, d}), cos2, sin2);
+    at::Tensor q = mixed.narrow(1, 0, c.q_size()).view({1, ng, hpg, d});  // head g·hpg + j
+    at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).view({ng, 1, d});
+    at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).view({ng, 1, d});
+    cache.k[l].index_copy_(1, pos, k);
+    cache.v[l].index_copy_(1, pos, v);
+    at::Tensor ctx = at::scaled_dot_product_attention(q, cache.k[l].unsqueeze(0), cache.v[l].unsqueeze(0), visible, 0.0,
+                                                      false, scale);
+    h = h + linear(ctx.reshape({1, nh * d}), L.dense_w, L.dense_b);
+    at::Tensor u = linear(rms_norm(h, L.post_norm), L.h4h_w, L.h4h_b);
+    at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
+    h = h + linear(m, L.fourh_w, L.fourh_b);
+  }
+  if (final_norm_.defined()) h = rms_norm(h, final_norm_);
+  return linear(h, output_).to(at::kFloat);
+}
+
+at::Tensor LlmModel::decode_with_graph(int64_t id, KvCache& cache) const {
+  std::shared_ptr<DecodeGraph>& g = cache.decode_graph;
+  if (!g || g->capacity != cache.capacity || g->k0 != cache.k[0].data_ptr()) {
+    const auto opts = at::TensorOptions().dtype(at::kLong).device(options_.device);
+    g = std::make_shared<DecodeGraph>();
+    g->id = at::full({1}, id, opts);
+    g->pos = at::full({1}, cache.length, opts);
+    g->capacity = cache.capacity;
+    g->k0 = cache.k[0].data_ptr();
+    if (decode_mode_ == DecodeMode::kGraph) {
+      DecodeGraph* raw = g.get();
+      try {
+        raw->graph = runtime::capture_cuda_graph(options_.device, [this, raw, &cache] {
+          raw->logits = decode_step_static(raw->id, raw->pos, cache);
+        });
+      } catch (const std::exception& e) {  // the step still runs, eagerly (same math)
+        raw->graph.reset();
+        runtime::log(runtime::LogLevel::kWarning,
+                     options_.path + ": CUDA graph capture of the decode step failed, running it eagerly: " + e.what());
+      }
+    }
+  } else {
+    g->id.fill_(id);
+    g->pos.fill_(cache.length);
+  }
+  if (g->graph) {
+    g->graph->replay();  // also right after the capture: a captured run records, it does not compute
+  } else {
+    g->logits = decode_step_static(g->id, g->pos, cache);
+  }
+  cache.length += 1;
+  return g->logits[0].clone();  // the next replay overwrites g->logits
+}
+
 // All rows of all items go through the projections and the MLP as one [N, H] matrix (the
 // weights are read once per step, whatever B is); rotary and attention are per row / per item.
 std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& items) const {
@@ -397,6 +494,11 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
       }
     }
     check_input(items[b].ids, items[b].n_ids, *items[b].cache);
+  }
+  if (decode_mode_ != DecodeMode::kEager && B == 1 && items[0].n_ids == 1 &&
+      items[0].logits == BatchItem::Logits::kLast) {
+    ensure_capacity(*items[0].cache, items[0].cache->length + 1);
+    return {decode_with_graph(items[0].ids[0], *items[0].cache)};
   }
   const auto dtype = runtime::compute_dtype(options_.dtype);
   const auto dev = options_.device;

@@ -32,10 +32,15 @@ namespace glmvoice::llm {
 
 // Per-layer K (post-rotary) and V, [ng, capacity, d] in the compute dtype; `length`
 // positions are valid. Positions are 0 … length-1 (§4.2).
+struct DecodeGraph;  // chatglm_model.cpp: a captured decode step bound to one cache's tensors
+
 struct KvCache {
   std::vector<at::Tensor> k, v;
   int64_t length = 0;
   int64_t capacity = 0;
+  // The decode step captured as a CUDA graph for these K/V tensors (dropped when they are
+  // reallocated); null until the first graph-eligible step.
+  std::shared_ptr<DecodeGraph> decode_graph;
   // Forgets positions >= n (n <= length); used to reuse a common prefix.
   void truncate(int64_t n);
   void reset() { truncate(0); }
@@ -102,6 +107,14 @@ class LlmModel {
   at::Tensor attend(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const;
   // The same through scaled_dot_product_attention (flash / memory-efficient kernels).
   at::Tensor attend_fused(const at::Tensor& q, const at::Tensor& K, const at::Tensor& V, int64_t P) const;
+  // One decode step with shapes and addresses that never change between steps, for a CUDA
+  // graph: the id and position come from device tensors [1], attention covers the cache's
+  // whole capacity under a mask (positions > pos hidden), K/V are written by index_copy_.
+  // Returns the logits [1, V] f32. `cache` has capacity > pos and zero-filled K/V.
+  at::Tensor decode_step_static(const at::Tensor& id, const at::Tensor& pos, KvCache& cache) const;
+  // Runs a single-token kLast step through the cache's graph (captured on first use); the
+  // caller has ensured capacity. Returns the logits [V] f32.
+  at::Tensor decode_with_graph(int64_t id, KvCache& cache) const;
 
   ModelOptions options_;
   ChatGlmConfig config_;
@@ -114,6 +127,11 @@ class LlmModel {
   // the explicit ops that round like the reference. GLMVOICE_LLM_FUSED=1/0 forces either
   // (tests compare the two on the CPU).
   bool fused_ops_ = false;
+  // How single-token decode steps run: kEager (forward_batch), kGraph (a CUDA graph per
+  // cache, the default on CUDA when graphs are built), kStatic (decode_step_static run
+  // eagerly: the graph's body, for tests on the CPU). GLMVOICE_LLM_DECODE=eager|graph|static.
+  enum class DecodeMode { kEager, kGraph, kStatic };
+  DecodeMode decode_mode_ = DecodeMode::kEager;
   std::vector<Layer> layers_;
 };
 

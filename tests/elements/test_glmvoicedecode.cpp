@@ -594,7 +594,9 @@ TEST(GlmVoiceDecode, test_upstream_never_waits_for_a_block) {
   EXPECT_TRUE(done) << "upstream waited for the decoder";
   gst_pad_remove_probe(src, probe);
   upstream.join();
-  if (done) EXPECT_EQ(result.get(), GST_FLOW_OK);
+  if (done) {
+    EXPECT_EQ(result.get(), GST_FLOW_OK);
+  }
   gst_object_unref(src);
   t.eos();
   EXPECT_EQ(t.pull_all(), lib_stream(ids));

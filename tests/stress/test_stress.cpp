@@ -188,7 +188,9 @@ TEST(Stress, test_1000_random_events_on_a_live_converse_pipeline) {
       watchdog.arm("#" + std::to_string(i) + " " + what, 30);
       const GstStateChangeReturn r = p.set_state(target, 25);
       watchdog.disarm();
-      if (!bad_blocks) EXPECT_NE(r, GST_STATE_CHANGE_FAILURE) << what << " (event " << i << ")";
+      if (!bad_blocks) {
+        EXPECT_NE(r, GST_STATE_CHANGE_FAILURE) << what << " (event " << i << ")";
+      }
     } else if (kind < 30) {
       const bool real_seek = rng() % 2;
       what = category = real_seek ? "flushing seek" : "flush at the source";

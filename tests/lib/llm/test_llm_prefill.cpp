@@ -149,6 +149,45 @@ TEST(FusedOps, sdpa_and_fused_norm_match_the_references) {
   }
 }
 
+// The CUDA-graph decode step's body (whole-capacity attention under a mask, K/V written by
+// index_copy_ at a device-held position) run eagerly on the CPU: the same greedy ids and
+// logits as the eager step, across a capacity growth (256 -> 512) and after a rollback.
+TEST(StaticDecode, graph_body_matches_the_eager_step) {
+  auto run = [](const char* mode, std::vector<at::Tensor>* logits) {
+    setenv("GLMVOICE_LLM_DECODE", mode, 1);
+    auto m = llm::LlmModel::load({test::tiny_model_dir("llm", "tiny"), c10::Device(c10::kCPU), c10::kFloat});
+    unsetenv("GLMVOICE_LLM_DECODE");
+    auto ids = m->tokenizer().encode("<|system|>\nstatic decode test<|user|>\n", true);
+    for (int i = 0; i < 200; ++i) ids.push_back(m->tokenizer().audio_offset() + (i * 29) % 64);
+    auto cache = m->new_cache();
+    at::Tensor l = m->forward(ids, cache);
+    std::vector<int64_t> out;
+    for (int s = 0; s < 90; ++s) {  // 200 + prefix + 90 crosses the first capacity (256)
+      out.push_back(l.argmax().item<int64_t>());
+      logits->push_back(l.clone());
+      l = m->forward({out.back()}, cache);
+    }
+    cache.truncate(cache.length - 30);  // a rolled-back turn: positions beyond are stale
+    for (int s = 0; s < 5; ++s) {
+      logits->push_back(l.clone());
+      l = m->forward({out[static_cast<size_t>(s)]}, cache);
+    }
+    logits->push_back(l);
+    return out;
+  };
+  std::vector<at::Tensor> eager_logits, static_logits;
+  const auto eager = run("eager", &eager_logits);
+  const auto stat = run("static", &static_logits);
+  EXPECT_EQ(stat, eager);
+  ASSERT_EQ(static_logits.size(), eager_logits.size());
+  double worst = 0;
+  for (size_t i = 0; i < eager_logits.size(); ++i) {
+    worst = std::max(worst, (static_logits[i] - eager_logits[i]).abs().max().item<double>());
+  }
+  std::printf("static decode body vs eager: %zu steps, logits max |diff| %.3g\n", eager_logits.size(), worst);
+  EXPECT_LT(worst, 1e-4);
+}
+
 // The element's schedule: speech tokens arrive in chunks and are prefilled as they come; at the
 // end of the turn only <|end_of_audio|><|assistant|>… runs. Same answer as the one-shot turn,
 // for two turns with history.
