@@ -376,15 +376,18 @@ at::Tensor TokenizerModel::layer_forward(const LayerWeights& w, const at::Tensor
   if (k_out) *k_out = k;
   if (v_out) *v_out = v;
   const int64_t Tk = k.size(0);
-  // [T, D] -> [H, T, hd]
-  const at::Tensor qh = q.view({Tq, H, hd}).transpose(0, 1);
-  const at::Tensor kh = k.view({Tk, H, hd}).transpose(0, 1);
-  const at::Tensor vh = v.view({Tk, H, hd}).transpose(0, 1);
+  // [T, D] -> [1, H, T, hd]
+  const at::Tensor qh = q.view({1, Tq, H, hd}).transpose(1, 2);
+  const at::Tensor kh = k.view({1, Tk, H, hd}).transpose(1, 2);
+  const at::Tensor vh = v.view({1, Tk, H, hd}).transpose(1, 2);
   // Upstream's WhisperSdpaAttention: scaled_dot_product_attention with the additive mask. On
-  // the CPU it runs flash attention in key blocks and never builds the [H, Tq, Tk] scores.
-  const at::Tensor attn = at::scaled_dot_product_attention(qh, kh, vh, mask.defined() ? std::optional<at::Tensor>(mask)
-                                                                                     : std::nullopt);  // [H, Tq, hd]
-  const at::Tensor o = attn.transpose(0, 1).reshape({Tq, config_.d_model});
+  // the CPU it runs flash attention in key blocks and never builds the [H, Tq, Tk] scores; it
+  // takes only 4-D inputs (batch, heads, T, hd): 3-D ones fell back to the math kernel, which
+  // made the whole tokenizer 1.23x slower than upstream.
+  const c10::optional<at::Tensor> mask4 =
+      mask.defined() ? c10::optional<at::Tensor>(mask.view({1, 1, mask.size(0), mask.size(1)})) : c10::nullopt;
+  const at::Tensor attn = at::scaled_dot_product_attention(qh, kh, vh, mask4);  // [1, H, Tq, hd]
+  const at::Tensor o = attn.transpose(1, 2).reshape({Tq, config_.d_model});
   at::Tensor out = h + at::linear(o, w.o_w, w.o_b);
   const at::Tensor f = at::layer_norm(out, {config_.d_model}, w.ln2_w, w.ln2_b, kLayerNormEps);
   out = out + at::linear(at::gelu(at::linear(f, w.fc1_w, w.fc1_b)), w.fc2_w, w.fc2_b);
