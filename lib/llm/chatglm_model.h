@@ -122,10 +122,10 @@ class LlmModel {
   at::Tensor embedding_, final_norm_;  // the embedding stays in the compute dtype (a lookup)
   LinearWeight output_;                 // quantized too in int8/int4 (the largest matrix)
   at::Tensor inv_freq_;  // [r/2] f32, from base 10000·rope_ratio (checkpoint's value ignored)
-  // On CUDA: SDPA and the fused RMSNorm kernel (a decode step is ~25 kernels per layer instead
-  // of ~65; at 9B shapes it was bound by launch overhead, 7.9x the memory floor). The CPU keeps
-  // the explicit ops that round like the reference. GLMVOICE_LLM_FUSED=1/0 forces either
-  // (tests compare the two on the CPU).
+  // On CUDA, and for int8/int4 weights anywhere: SDPA and the fused RMSNorm kernel (a decode
+  // step is ~25 kernels per layer instead of ~65; at 9B shapes it was bound by launch overhead,
+  // 7.9x the memory floor). fp32/bf16 on the CPU keep the explicit ops that round like the
+  // reference. GLMVOICE_LLM_FUSED=1/0 forces either (tests compare the two on the CPU).
   bool fused_ops_ = false;
   // How single-token decode steps run: kEager (forward_batch), kGraph (a CUDA graph per
   // cache, the default on CUDA when graphs are built), kStatic (decode_step_static run
