@@ -327,6 +327,28 @@ void LlmModel::rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, con
   pairs.copy_(pairs * c + pairs.flip(-1) * s);
 }
 
+// The rotary tables for absolute positions pos (int64 [N]): angles in f32, cos/sin rounded
+// to the compute dtype, laid out per pair as rotary_in_place() takes them.
+std::pair<at::Tensor, at::Tensor> LlmModel::rotary_tables(const at::Tensor& pos) const {
+  const auto dtype = runtime::compute_dtype(options_.dtype);
+  at::Tensor angles = at::outer(pos.to(at::kFloat), inv_freq_);  // [N, r/2]
+  at::Tensor cos = angles.cos(), sin = angles.sin();
+  if (dtype != at::kFloat) {
+    cos = cos.to(dtype);
+    sin = sin.to(dtype);
+  }
+  return {at::stack({cos, cos}, -1), at::stack({-sin, sin}, -1)};  // [N, r/2, 2]
+}
+
+// §3.3 step 8 and §3.4: the attention output projection and the MLP, each with its residual.
+at::Tensor LlmModel::dense_and_mlp(const Layer& L, const at::Tensor& h_in, const at::Tensor& ctx) const {
+  const int64_t ffn = config_.ffn_hidden_size;
+  at::Tensor h = h_in + linear(ctx, L.dense_w, L.dense_b);
+  at::Tensor u = linear(rms_norm(h, L.post_norm), L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second
+  at::Tensor m = at::silu(u.narrow(1, 0, ffn)) * u.narrow(1, ffn, ffn);
+  return h + linear(m, L.fourh_w, L.fourh_b);
+}
+
 void LlmModel::check_input(const int64_t* ids, int64_t T, const KvCache& cache) const {
   const ChatGlmConfig& c = config_;
   if (T <= 0) throw Error(ErrorCode::kBadInput, options_.path, "ids", "empty input");
@@ -411,26 +433,18 @@ at::Tensor LlmModel::attend_fused(const at::Tensor& q, const at::Tensor& K, cons
 
 // The decode step of one cache as a CUDA graph: the static tensors it reads (id, position)
 // and writes (logits), and the K/V storage it was captured against.
+// ensure_capacity() drops it whenever it reallocates K/V.
 struct DecodeGraph {
   std::unique_ptr<runtime::CapturedGraph> graph;  // null: run decode_step_static eagerly
   at::Tensor id, pos, logits;
-  int64_t capacity = 0;
-  const void* k0 = nullptr;
 };
 
 at::Tensor LlmModel::decode_step_static(const at::Tensor& id, const at::Tensor& pos, KvCache& cache) const {
   const ChatGlmConfig& c = config_;
-  const auto dtype = runtime::compute_dtype(options_.dtype);
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
   const int64_t hpg = c.heads_per_group(), cap = cache.capacity;
   at::Tensor h = embedding_.index_select(0, id);  // [1, H]
-  at::Tensor angles = at::outer(pos.to(at::kFloat), inv_freq_);
-  at::Tensor cos = angles.cos(), sin = angles.sin();
-  if (dtype != at::kFloat) {
-    cos = cos.to(dtype);
-    sin = sin.to(dtype);
-  }
-  const at::Tensor cos2 = at::stack({cos, cos}, -1), sin2 = at::stack({-sin, sin}, -1);
+  const auto [cos2, sin2] = rotary_tables(pos);
   const at::Tensor visible = (at::arange(cap, pos.options()) <= pos).view({1, 1, 1, cap});
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -444,10 +458,7 @@ at::Tensor LlmModel::decode_step_static(const at::Tensor& id, const at::Tensor& 
     cache.v[l].index_copy_(1, pos, v);
     at::Tensor ctx = at::scaled_dot_product_attention(q, cache.k[l].unsqueeze(0), cache.v[l].unsqueeze(0), visible, 0.0,
                                                       false, scale);
-    h = h + linear(ctx.reshape({1, nh * d}), L.dense_w, L.dense_b);
-    at::Tensor u = linear(rms_norm(h, L.post_norm), L.h4h_w, L.h4h_b);
-    at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
-    h = h + linear(m, L.fourh_w, L.fourh_b);
+    h = dense_and_mlp(L, h, ctx.reshape({1, nh * d}));
   }
   if (final_norm_.defined()) h = rms_norm(h, final_norm_);
   return linear(h, output_).to(at::kFloat);
@@ -455,13 +466,11 @@ at::Tensor LlmModel::decode_step_static(const at::Tensor& id, const at::Tensor& 
 
 at::Tensor LlmModel::decode_with_graph(int64_t id, KvCache& cache) const {
   std::shared_ptr<DecodeGraph>& g = cache.decode_graph;
-  if (!g || g->capacity != cache.capacity || g->k0 != cache.k[0].data_ptr()) {
+  if (!g) {
     const auto opts = at::TensorOptions().dtype(at::kLong).device(options_.device);
     g = std::make_shared<DecodeGraph>();
     g->id = at::full({1}, id, opts);
     g->pos = at::full({1}, cache.length, opts);
-    g->capacity = cache.capacity;
-    g->k0 = cache.k[0].data_ptr();
     if (decode_mode_ == DecodeMode::kGraph) {
       DecodeGraph* raw = g.get();
       try {
@@ -508,7 +517,6 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
     ensure_capacity(*items[0].cache, items[0].cache->length + 1);
     return {decode_with_graph(items[0].ids[0], *items[0].cache)};
   }
-  const auto dtype = runtime::compute_dtype(options_.dtype);
   const auto dev = options_.device;
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
 
@@ -526,14 +534,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   at::Tensor h = embedding_.index_select(0, idx);  // [N, H]
 
   // Rotary table per row (float32 product, rounded to a 16-bit compute dtype).
-  at::Tensor pos = at::tensor(positions, at::TensorOptions().dtype(at::kLong)).to(dev).to(at::kFloat);
-  at::Tensor angles = at::outer(pos, inv_freq_);  // [N, r/2]
-  at::Tensor cos = angles.cos(), sin = angles.sin();
-  if (dtype != at::kFloat) {
-    cos = cos.to(dtype);
-    sin = sin.to(dtype);
-  }
-  const at::Tensor cos2 = at::stack({cos, cos}, -1), sin2 = at::stack({-sin, sin}, -1);  // [N, r/2, 2]
+  const auto [cos2, sin2] = rotary_tables(at::tensor(positions, at::TensorOptions().dtype(at::kLong)).to(dev));
 
   std::vector<at::Tensor> ctx_parts(B);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -554,11 +555,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
       ctx_parts[b] = fused_ops_ ? attend_fused(qb, Kb, Vb, P) : attend(qb, Kb, Vb, P);
     }
     at::Tensor ctx = B == 1 ? ctx_parts[0] : at::cat(ctx_parts, 0);  // [N, nh·d]
-    h = h + linear(ctx, L.dense_w, L.dense_b);
-    at::Tensor n2 = rms_norm(h, L.post_norm);
-    at::Tensor u = linear(n2, L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second (§3.4)
-    at::Tensor m = at::silu(u.narrow(1, 0, c.ffn_hidden_size)) * u.narrow(1, c.ffn_hidden_size, c.ffn_hidden_size);
-    h = h + linear(m, L.fourh_w, L.fourh_b);
+    h = dense_and_mlp(L, h, ctx);
   }
   for (size_t b = 0; b < B; ++b) items[b].cache->length += items[b].n_ids;
 

@@ -21,6 +21,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "llm/chatglm_config.h"
@@ -38,8 +39,8 @@ struct KvCache {
   std::vector<at::Tensor> k, v;
   int64_t length = 0;
   int64_t capacity = 0;
-  // The decode step captured as a CUDA graph for these K/V tensors (dropped when they are
-  // reallocated); null until the first graph-eligible step.
+  // The decode step captured as a CUDA graph for these K/V tensors (ensure_capacity() drops it
+  // when it reallocates them); null until the first graph-eligible step.
   std::shared_ptr<DecodeGraph> decode_graph;
   // Forgets positions >= n (n <= length); used to reuse a common prefix.
   void truncate(int64_t n);
@@ -101,6 +102,9 @@ class LlmModel {
   // §3.3 step 3 in place on qk [N, n, d] (q and k heads side by side); cos2 = (c, c) and
   // sin2 = (-s, s) per pair [N, r/2, 2]. Rounds exactly like x0·c − x1·s, x1·c + x0·s.
   void rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, const at::Tensor& sin2) const;
+  std::pair<at::Tensor, at::Tensor> rotary_tables(const at::Tensor& pos) const;  // (cos2, sin2)
+  // h + dense(ctx), then + MLP(norm(·)): the rest of a layer after attention.
+  at::Tensor dense_and_mlp(const Layer& L, const at::Tensor& h, const at::Tensor& ctx) const;
   void ensure_capacity(KvCache& cache, int64_t needed) const;
   // Attention of one sequence's rows q [T, nh, d] against its cache (positions 0 … P+T-1,
   // the last T just written): ctx [T, nh·d].
