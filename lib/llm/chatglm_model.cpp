@@ -223,8 +223,8 @@ std::shared_ptr<const LlmModel> LlmModel::load_impl(const ModelOptions& requeste
     m->fused_ops_ = std::string(env) != "0";
   }
   // int8 on CUDA widens each weight to bf16 inside the step: a graph's private pool would keep
-  // the largest widened matrix (1.4 GB at 9B) per conversation, for no gain (32.7 ms/token
-  // with the graph, 31.9 without, H200).
+  // the largest widened matrix (1.4 GB at 9B) per conversation, for no gain (H200: 32.7 ms/token
+  // with the graph in one run, 31.9 eager in an earlier one).
   m->decode_mode_ = device.is_cuda() && runtime::cuda_graphs_built() && options.dtype != runtime::kInt8
                         ? DecodeMode::kGraph
                         : DecodeMode::kEager;
