@@ -273,7 +273,7 @@ GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const flo
 // sum_g (zero_g - 8 scale_g) * sum(x over g) from the per-call group sums of x, 8 groups at a
 // time and then one by one, after the horizontal sum of tot.
 template <int MB, int NB>
-GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums, int64_t K,
+GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums, int64_t /*K*/,
                              float* sums, Prefetcher& pf) {
   const int64_t groups = w.groups, halves_per_group = w.group / 32;
   const uint8_t* codes = w.codes + n0 * w.row_bytes;
@@ -533,6 +533,14 @@ bool skinny_kernels_supported() {
 bool skinny_kernels_enabled() { return skinny_kernels_supported() && enabled_flag().load(); }
 
 void set_skinny_kernels_enabled(bool on) { enabled_flag().store(on); }
+
+int skinny_parallel_threads() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 64, /*grain_size=*/1, [&](int64_t, int64_t) {
+    seen.fetch_or(uint64_t{1} << (at::get_thread_num() % 64));
+  });
+  return __builtin_popcountll(seen.load());
+}
 
 at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   TORCH_CHECK(skinny_kernels_supported(), "skinny matmul: this CPU lacks AVX2/FMA");

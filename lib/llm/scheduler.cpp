@@ -105,7 +105,10 @@ int64_t Scheduler::steps() const {
 
 void Scheduler::run() {
   c10::InferenceMode guard;
-  at::set_num_threads(options_.threads);  // intra-op threads are per calling thread (OpenMP)
+  // Intra-op threads are per calling thread (OpenMP). The thread's lazy first-use init would
+  // reset them to the process-wide count, so it runs first.
+  at::internal::lazy_init_num_threads();
+  at::set_num_threads(options_.threads);
   Impl& m = *impl_;
   const auto gather = std::chrono::duration<double, std::milli>(options_.gather_ms);
   std::unique_lock<std::mutex> lock(m.mutex);

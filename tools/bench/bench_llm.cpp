@@ -157,7 +157,7 @@ ConcurrentResult run_concurrent(const std::shared_ptr<const llm::LlmModel>& mode
   for (int64_t c = 0; c < n; ++c) {
     calls.emplace_back([&, c] {
       c10::InferenceMode guard;
-      at::set_num_threads(std::max(1, threads / static_cast<int>(n)));  // independent streams only
+      if (!sched) at::set_num_threads(std::max(1, threads / static_cast<int>(n)));  // independent streams only
       std::unique_ptr<llm::Sequence> seq = sched ? sched->join() : nullptr;
       auto fwd = [&](const std::vector<int64_t>& ids, llm::KvCache& cache) {
         return seq ? seq->forward(ids, cache) : model->forward(ids, cache);

@@ -150,6 +150,17 @@ TEST(SkinnyMatmul, rows_are_batch_invariant_bit_for_bit) {
   }
 }
 
+// The kernels' at::parallel_for really splits the work (it silently ran on one thread while the
+// library was built without OpenMP).
+TEST(SkinnyMatmul, kernels_run_on_the_intra_op_threads) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  EXPECT_EQ(skinny_parallel_threads(), 2);
+  at::set_num_threads(1);
+  EXPECT_EQ(skinny_parallel_threads(), 1);
+  at::set_num_threads(threads);
+}
+
 TEST(SkinnyMatmul, thread_count_does_not_change_results) {
   SKIP_WITHOUT_KERNELS();
   const int threads = at::get_num_threads();
