@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "io/error.h"
@@ -20,6 +21,7 @@
 #include "io/safetensors.h"
 #include "runtime/cuda_graph.h"
 #include "runtime/dtype.h"
+#include "runtime/spin_pool.h"
 
 namespace glmvoice::llm {
 
@@ -519,6 +521,12 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   }
   const auto dev = options_.device;
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
+  int64_t n_rows = 0;
+  for (const BatchItem& it : items) n_rows += it.n_ids;
+  // A decode-sized step on the CPU: the hand-written kernels on their spinning pool, libtorch's
+  // small ops on this thread (runtime/spin_pool.h).
+  std::optional<runtime::DecodeStepScope> step_scope;
+  if (dev.is_cpu() && n_rows <= kSkinnyMaxRows && skinny_kernels_enabled()) step_scope.emplace();
 
   // Row offsets, ids and absolute positions of every item, concatenated.
   std::vector<int64_t> offset(B + 1, 0), all_ids, positions;

@@ -1,6 +1,7 @@
 // Skinny matmul kernels (see the header for why and for the batch-invariance contract).
 //
-// Shape of the work: output rows n are split over at::parallel_for's threads; each thread walks
+// Shape of the work: output rows n are split over runtime::parallel_rows' threads (the spinning
+// pool inside a decode step, at::parallel_for elsewhere); each thread walks
 // its rows in tiles of NB rows, and for each tile runs every block of MB activation rows over
 // the whole of K, so the tile's weights come from memory once and from L1/L2 for the other
 // row blocks. Inside a tile, one 8-lane fp32 accumulator per (m, n) (int4: per group) sums
@@ -29,10 +30,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "runtime/spin_pool.h"
 
 #define GLMVOICE_AVX2 __attribute__((target("avx2,fma")))
 
@@ -395,7 +402,7 @@ struct Int4Tile {
 // measured, 1 thread, [50000, 1024], M = 8: fp32 29 -> 22 ms, int8 15.5 -> 12.2 ms).
 template <class Tile>
 void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
-  at::parallel_for(0, N, /*grain_size=*/64, [&](int64_t begin, int64_t end) {
+  runtime::parallel_rows(0, N, /*grain=*/64, [&](int64_t begin, int64_t end) {
     if (Tile::kInt4) {  // codes of NB rows + MB x NB accumulators + MB x vectors in registers
       if (M == 1) {
         rows_range<Tile, 5, 1>(tile, begin, end, M, out);
@@ -535,11 +542,21 @@ bool skinny_kernels_enabled() { return skinny_kernels_supported() && enabled_fla
 void set_skinny_kernels_enabled(bool on) { enabled_flag().store(on); }
 
 int skinny_parallel_threads() {
-  std::atomic<uint64_t> seen{0};
-  at::parallel_for(0, 64, /*grain_size=*/1, [&](int64_t, int64_t) {
-    seen.fetch_or(uint64_t{1} << (at::get_thread_num() % 64));
+  // Each chunk waits (up to 200 ms) for a second thread to show up, so a caller that is quick
+  // to claim every chunk itself does not hide an idle helper.
+  std::mutex mutex;
+  std::set<std::thread::id> seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  runtime::parallel_rows(0, 64, /*grain=*/1, [&](int64_t, int64_t) {
+    std::unique_lock<std::mutex> lock(mutex);
+    seen.insert(std::this_thread::get_id());
+    while (seen.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      lock.lock();
+    }
   });
-  return __builtin_popcountll(seen.load());
+  return static_cast<int>(seen.size());
 }
 
 at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {

@@ -48,6 +48,7 @@ struct Scheduler::Impl {
   int64_t next_id = 0;
   uint64_t next_order = 0;
   int64_t steps = 0;
+  int step_threads = 0;  // the scheduler thread's intra-op threads at its last step
   bool stop = false;
   std::thread thread;
 
@@ -103,11 +104,18 @@ int64_t Scheduler::steps() const {
   return impl_->steps;
 }
 
+int Scheduler::step_threads() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->step_threads;
+}
+
 void Scheduler::run() {
   c10::InferenceMode guard;
-  // Intra-op threads are per calling thread (OpenMP). The thread's lazy first-use init would
-  // reset them to the process-wide count, so it runs first.
+  // Intra-op threads are per calling thread (OpenMP). A thread's lazy first-use init sets them
+  // to the process-wide count, which another thread may have changed since, so both copies of
+  // that init (the inline one compiled into this library, libtorch's own) run before the set.
   at::internal::lazy_init_num_threads();
+  (void)at::get_num_threads();
   at::set_num_threads(options_.threads);
   Impl& m = *impl_;
   const auto gather = std::chrono::duration<double, std::milli>(options_.gather_ms);
@@ -170,6 +178,7 @@ void Scheduler::run() {
     lock.lock();
 
     ++m.steps;
+    m.step_threads = at::get_num_threads();
     const int64_t B = static_cast<int64_t>(chosen.size());
     for (size_t i = 0; i < chosen.size(); ++i) {
       SeqSlot& s = m.seqs[chosen[i]];

@@ -106,6 +106,7 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   const std::shared_ptr<const LlmModel>& model_ptr() const { return model_; }
   const SchedulerOptions& options() const { return options_; }
   int64_t steps() const;  // batched steps run so far
+  int step_threads() const;  // intra-op threads the last step ran on (options().threads)
 
  private:
   friend class Sequence;

@@ -157,7 +157,9 @@ ConcurrentResult run_concurrent(const std::shared_ptr<const llm::LlmModel>& mode
   for (int64_t c = 0; c < n; ++c) {
     calls.emplace_back([&, c] {
       c10::InferenceMode guard;
-      if (!sched) at::set_num_threads(std::max(1, threads / static_cast<int>(n)));  // independent streams only
+      // Independent streams split the threads; batched callers only pick the next id (an
+      // OpenMP team of their own would spin beside the scheduler's on the same cores).
+      at::set_num_threads(sched ? 1 : std::max(1, threads / static_cast<int>(n)));
       std::unique_ptr<llm::Sequence> seq = sched ? sched->join() : nullptr;
       auto fwd = [&](const std::vector<int64_t>& ids, llm::KvCache& cache) {
         return seq ? seq->forward(ids, cache) : model->forward(ids, cache);

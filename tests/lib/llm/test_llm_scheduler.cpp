@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <atomic>
 #include <chrono>
@@ -180,6 +181,23 @@ TEST(Scheduler, batch_invariance_fixture_prompt) {
 
 // Conversations join and leave while others generate; the long-running one is undisturbed and
 // the newcomer's long prompt is prefilled in chunks beside it.
+// The scheduler thread keeps its own thread count when another thread changes the
+// process-wide one before the scheduler's first step (torch's lazy per-thread init).
+TEST(Scheduler, steps_run_on_the_configured_threads) {
+  auto m = tiny();
+  const int before = at::get_num_threads();
+  llm::SchedulerOptions o = options(2, 16, 5);
+  o.threads = 2;
+  auto sched = llm::Scheduler::create(m, o);
+  std::thread other([] { at::set_num_threads(1); });
+  other.join();
+  auto seq = sched->join();
+  auto cache = m->new_cache();
+  seq->forward(prompt(*m, 1), cache);
+  EXPECT_EQ(sched->step_threads(), 2);
+  at::set_num_threads(before);
+}
+
 TEST(Scheduler, join_and_leave_mid_generation) {
   auto m = tiny();
   const auto p0 = prompt(*m, 1), p1 = prompt(*m, 2);

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "llm/cpu_skinny_matmul.h"
 #include "llm/quantized_linear.h"
 #include "runtime/dtype.h"
+#include "runtime/spin_pool.h"
 
 namespace glmvoice::llm {
 namespace {
@@ -158,6 +160,42 @@ TEST(SkinnyMatmul, kernels_run_on_the_intra_op_threads) {
   EXPECT_EQ(skinny_parallel_threads(), 2);
   at::set_num_threads(1);
   EXPECT_EQ(skinny_parallel_threads(), 1);
+  at::set_num_threads(threads);
+}
+
+// Inside a decode step the kernels run on the spinning pool with the caller's thread count,
+// libtorch's ops on the caller alone; both counts come back afterwards.
+TEST(SkinnyMatmul, decode_step_scope_moves_the_kernels_to_the_pool) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  {
+    runtime::DecodeStepScope scope;
+    EXPECT_EQ(at::get_num_threads(), 1);
+    EXPECT_EQ(runtime::parallel_rows_threads(), 2);
+    EXPECT_EQ(skinny_parallel_threads(), 2);
+  }
+  EXPECT_EQ(at::get_num_threads(), 2);
+  EXPECT_EQ(runtime::parallel_rows_threads(), 2);
+  at::set_num_threads(threads);
+}
+
+TEST(SkinnyMatmul, pool_and_openmp_give_the_same_bits) {
+  SKIP_WITHOUT_KERNELS();
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  uint64_t seed = 500;
+  for (const Case& c : kCases) {
+    const TestWeight w = make_weight(c.format, c.n, c.k, c.group, seed++);
+    auto gen = at::detail::createCPUGenerator(seed++);
+    const at::Tensor x = at::randn({3, c.k}, gen).to(w.x_dtype());
+    const at::Tensor omp = w.run(x, {});
+    at::Tensor pool;
+    {
+      runtime::DecodeStepScope scope;
+      pool = w.run(x, {});
+    }
+    EXPECT_TRUE(at::equal(omp, pool)) << name(c.format) << " N=" << c.n << " K=" << c.k;
+  }
   at::set_num_threads(threads);
 }
 
