@@ -13,13 +13,16 @@
 //   bf16: a 32-byte load is 16 weights; <<16 gives the even columns, & 0xffff0000 the odd ones
 //         (x is de-interleaved to match once per call).
 //   int8: vpmovsxbd + vcvtdq2ps, 8 weights; the row's scale multiplies the sum.
-//   int4: a 32-byte load holds 64 codes, 8 per 32-bit lane; code i of each lane is
-//         (lanes & 0xf << 4i) converted to fp32 = q * 16^i (i = 7: shifted down), and x's
-//         columns for that i are pre-scaled by 16^-i, so the product equals x * q exactly:
-//         one and, one conversion and one multiply-add per 8 weights and activation row. Per
-//         group g the kernel adds scale * sum(x * q), and at the end
-//         sum_g (zero - 8 * scale) * sum(x over g) (the group sums of x computed once per
-//         call), which together are sum(x * ((q - 8) * scale + zero)).
+//   int4: integer products instead: x is rounded to int16 per group (x / s, s = max |x| / 32767
+//         over the group: 15 bits relative to the group's largest value, finer than x's own
+//         bf16 rounding), a 32-byte load holds 64 codes (column j in the low nibble of byte j,
+//         column 32 + j in the high one), a mask or a shift and mask and two byte-to-word
+//         unpacks give 32 codes as int16, and vpmaddwd multiplies 16 of them with x exactly into
+//         int32. Per group g the kernel adds scale * s * sum(xq * q) in fp32, and at the end
+//         sum_g (zero - 8 * scale) * sum(x over g) (the fp32 group sums of x computed once per
+//         call), which together are sum(x * ((q - 8) * scale + zero)) up to x's int16 rounding.
+//         (The fp32 way, one and, one conversion and one multiply-add per 8 weights, was bound
+//         by the conversions: mid output layer [168960, 1024], 2 threads, 6.5-8.2 -> 5.0 ms.)
 #include "llm/cpu_skinny_matmul.h"
 
 #include <ATen/ATen.h>
@@ -31,6 +34,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -212,79 +216,57 @@ struct Int4Rows {
   int64_t group, groups, row_bytes;
 };
 
-// Masks selecting code i (bits 4i .. 4i + 3) of each 32-bit lane, i < 7 (code 7 is shifted).
-struct NibbleMasks {
-  alignas(32) uint32_t m[7][8];
+// x for int4: per row K64 int16 values (x / its group's scale, rounded), each 32-column half
+// block in the order the codes unpack to (columns 0-7, 16-23, then 8-15, 24-31 of the half);
+// per row and group the scale (max |x| / 32767) and the fp32 sum of x.
+struct Int4Activations {
+  const int16_t* xq = nullptr;
+  int64_t ld = 0;
+  const float* xscale = nullptr;  // [M, groups]
+  const float* group_sums = nullptr;  // [M, groups]
+  int64_t groups = 0;
 };
-constexpr NibbleMasks make_nibble_masks() {
-  NibbleMasks r{};
-  for (int i = 0; i < 7; ++i) {
-    for (int j = 0; j < 8; ++j) r.m[i][j] = 0xfu << (4 * i);
-  }
-  return r;
-}
-constexpr NibbleMasks kNibbleMasks = make_nibble_masks();
 
-// v & mask with the mask read from memory by the instruction itself: the seven masks would
-// otherwise take registers the accumulators need (GCC then rebuilt them in the inner loop).
-GLMVOICE_AVX2 inline __m256i and_mem(__m256i v, const uint32_t* mask) {
-  __m256i r;
-  asm("vpand %2, %1, %0" : "=x"(r) : "x"(v), "m"(*reinterpret_cast<const __m256i*>(mask)));
-  return r;
+// The 32 codes of half HALF of a 64-column block as int16: u0 = its columns 0-7 and 16-23,
+// u1 = 8-15 and 24-31 (vpunpck{l,h}bw work within 128-bit lanes).
+template <int HALF>
+GLMVOICE_AVX2 inline void int4_unpack(__m256i raw, __m256i& u0, __m256i& u1) {
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  const __m256i v = HALF == 0 ? _mm256_and_si256(raw, nibble) : _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);
+  u0 = _mm256_unpacklo_epi8(v, _mm256_setzero_si256());
+  u1 = _mm256_unpackhi_epi8(v, _mm256_setzero_si256());
 }
 
-// A load the compiler may neither hoist nor merge with another: without it GCC loads the x
-// vectors of later steps early and spills them (and the accumulators) to the stack (measured,
-// 1 thread, int4 [50000, 1024], M = 8: 22 -> 17 ms; at M = 2 it was ~8 % slower: not used).
-GLMVOICE_AVX2 inline __m256 load_fresh(const float* p) {
-  __m256 v;
-  asm volatile("vmovups %1, %0" : "=x"(v) : "m"(*reinterpret_cast<const __m256*>(p)));
-  return v;
-}
-
-// Code i of each lane of a 64-column block as fp32 q * 16^i (code 7: shifted down, q * 1).
-template <int I>
-GLMVOICE_AVX2 inline __m256 int4_codes(__m256i raw) {
-  return _mm256_cvtepi32_ps(I == 7 ? _mm256_srli_epi32(raw, 28) : and_mem(raw, kNibbleMasks.m[I < 7 ? I : 0]));
-}
-
-// Codes 4 * HALF .. 4 * HALF + 3 of each lane (columns 32 * HALF .. + 31 of the block) times
-// x pre-scaled to match, into one accumulator per (m, n). The codes of the NB rows stay in
-// registers for the four steps; each decoded vector serves the MB activation rows.
-template <int MB, int NB, int I>
-GLMVOICE_AVX2 inline void int4_step(const __m256i (&raw)[NB], const float* xb, int64_t ldx, __m256 (&acc)[MB][NB]) {
-  __m256 xv[MB];
-#pragma GCC unroll 4
-  for (int m = 0; m < MB; ++m) xv[m] = MB >= 3 ? load_fresh(xb + m * ldx + 8 * I) : _mm256_loadu_ps(xb + m * ldx + 8 * I);
+// One half block: acc[m][n] += sum over its 32 columns of q * xq (vpmaddwd: exact in int32).
+template <int MB, int NB, int HALF>
+GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const int16_t* xb, int64_t ldx,
+                                    __m256i (&acc)[MB][NB]) {
 #pragma GCC unroll 8
   for (int n = 0; n < NB; ++n) {
-    const __m256 wv = int4_codes<I>(raw[n]);
+    __m256i u0, u1;
+    int4_unpack<HALF>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + n * ldc)), u0, u1);
 #pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) acc[m][n] = _mm256_fmadd_ps(xv[m], wv, acc[m][n]);
+    for (int m = 0; m < MB; ++m) {
+      const __m256i* xm = reinterpret_cast<const __m256i*>(xb + m * ldx);
+      acc[m][n] = _mm256_add_epi32(acc[m][n], _mm256_add_epi32(_mm256_madd_epi16(u0, _mm256_loadu_si256(xm)),
+                                                                _mm256_madd_epi16(u1, _mm256_loadu_si256(xm + 1))));
+    }
   }
 }
 
-template <int MB, int NB, int HALF>
-GLMVOICE_AVX2 inline void int4_half(const uint8_t* codes, int64_t ldc, const float* xb, int64_t ldx,
-                                    __m256 (&acc)[MB][NB]) {
-  __m256i raw[NB];
-#pragma GCC unroll 8
-  for (int n = 0; n < NB; ++n) raw[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + n * ldc));
-  int4_step<MB, NB, 4 * HALF>(raw, xb, ldx, acc);
-  int4_step<MB, NB, 4 * HALF + 1>(raw, xb, ldx, acc);
-  int4_step<MB, NB, 4 * HALF + 2>(raw, xb, ldx, acc);
-  int4_step<MB, NB, 4 * HALF + 3>(raw, xb, ldx, acc);
-}
-
-// Per group g: tot += scale_g * sum(x q) (8 lanes); at the end, the zero term
-// sum_g (zero_g - 8 scale_g) * sum(x over g) from the per-call group sums of x, 8 groups at a
-// time and then one by one, after the horizontal sum of tot.
+// Per group g: the integer sums of q * xq over its columns (at most 2 * 15 * 32767 per lane and
+// pair, 128 columns: far from overflow), then tot += float(sum) * scale_g * xscale_g; at the
+// end the zero term sum_g (zero_g - 8 scale_g) * sum(x over g) from the fp32 group sums of x,
+// 8 groups at a time and then one by one, after the horizontal sum of tot.
 template <int MB, int NB>
-GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int64_t ldx, const float* gsums, int64_t /*K*/,
-                             float* sums, Prefetcher& pf) {
+GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const Int4Activations& a, int64_t m0, float* sums,
+                             Prefetcher& pf) {
   const int64_t groups = w.groups, halves_per_group = w.group / 32;
   const uint8_t* codes = w.codes + n0 * w.row_bytes;
   const float* params = w.params + n0 * 2 * groups;
+  const int16_t* x = a.xq + m0 * a.ld;
+  const float* xs = a.xscale + m0 * groups;
+  const float* gsums = a.group_sums + m0 * groups;
   alignas(32) float tot[MB][NB][8];
 #pragma GCC unroll 4
   for (int m = 0; m < MB; ++m) {
@@ -293,27 +275,30 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const float* x, int6
   }
   int64_t h = 0;  // 32-column half blocks, in k order
   for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[MB][NB];
+    __m256i acc[MB][NB];
 #pragma GCC unroll 4
     for (int m = 0; m < MB; ++m) {
 #pragma GCC unroll 8
-      for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_ps();
+      for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_si256();
     }
     for (int64_t e = h + halves_per_group; h < e; ++h) {
       pf.step();
       const uint8_t* cb = codes + (h / 2) * 32;
-      const float* xb = x + (h / 2) * 64;
+      const int16_t* xb = x + h * 32;
       if (h % 2 == 0) {
-        int4_half<MB, NB, 0>(cb, w.row_bytes, xb, ldx, acc);
+        int4_half<MB, NB, 0>(cb, w.row_bytes, xb, a.ld, acc);
       } else {
-        int4_half<MB, NB, 1>(cb, w.row_bytes, xb, ldx, acc);
+        int4_half<MB, NB, 1>(cb, w.row_bytes, xb, a.ld, acc);
       }
     }
 #pragma GCC unroll 8
     for (int n = 0; n < NB; ++n) {
-      const __m256 sv = _mm256_broadcast_ss(params + n * 2 * groups + g);
+      const float sg = params[n * 2 * groups + g];
 #pragma GCC unroll 4
-      for (int m = 0; m < MB; ++m) _mm256_store_ps(tot[m][n], _mm256_fmadd_ps(acc[m][n], sv, _mm256_load_ps(tot[m][n])));
+      for (int m = 0; m < MB; ++m) {
+        const __m256 scale = _mm256_set1_ps(sg * xs[m * groups + g]);
+        _mm256_store_ps(tot[m][n], _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][n]), scale, _mm256_load_ps(tot[m][n])));
+      }
     }
   }
   for (int m = 0; m < MB; ++m) {
@@ -386,10 +371,10 @@ struct Int4Tile {
   static constexpr bool kPrefetchEveryPass = false;
   Int4Rows w;
   int64_t K;
-  Activations a;
+  Int4Activations a;
   template <int MB, int NB>
   GLMVOICE_AVX2 void run(int64_t n0, int64_t m0, float* sums, Prefetcher& pf) const {
-    int4_tile<MB, NB>(w, n0, a.x + m0 * a.ld, a.ld, a.group_sums + m0 * a.groups, K, sums, pf);
+    int4_tile<MB, NB>(w, n0, a, m0, sums, pf);
   }
   int64_t steps() const { return K / 32; }
   const char* base() const { return reinterpret_cast<const char*>(w.codes); }
@@ -476,26 +461,39 @@ Activations deinterleaved_rows(const at::Tensor& x) {
   return {d, K};
 }
 
-// int4: rows of K64 columns, column 8i + j of each 64-block scaled by 16^-i for i < 7 (exact:
-// a power of two), zeros past K; and the sum of x over each group (in k order, before scaling).
-Activations int4_rows(const at::Tensor& x, int64_t K64, int64_t group) {
+// int4: x / scale_g rounded to int16 in the codes' column order (Int4Activations), zeros past
+// K; the scale of each group (max |x| / 32767, so the largest value maps to +-32767 and every
+// value keeps 15 bits relative to it: finer than x's own bf16 rounding), and the fp32 sum of x
+// over each group (in k order).
+Int4Activations int4_activations(const at::Tensor& x, int64_t K64, int64_t group) {
   const int64_t M = x.size(0), K = x.size(1), groups = K / group;
-  static const float kScale[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096, 1.0f / 65536, 1.0f / 1048576,
-                                  1.0f / 16777216, 1.0f};
-  float* d = scratch(0, M * K64);
-  float* sums = scratch(2, M * groups);
+  float* row = scratch(1, K64);
+  auto* xq = reinterpret_cast<int16_t*>(scratch(0, (M * K64 + 1) / 2));
+  float* xs = scratch(2, 2 * M * groups);
+  float* sums = xs + M * groups;
   for (int64_t m = 0; m < M; ++m) {
-    float* out = d + m * K64;
-    row_to_float(x, m, out);
+    row_to_float(x, m, row);
+    for (int64_t k = K; k < K64; ++k) row[k] = 0;
+    int16_t* out = xq + m * K64;
     for (int64_t g = 0; g < groups; ++g) {
-      float acc = 0;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) acc += out[k];
+      float acc = 0, peak = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+        acc += row[k];
+        peak = std::max(peak, std::fabs(row[k]));
+      }
       sums[m * groups + g] = acc;
+      xs[m * groups + g] = peak / 32767.0f;
+      const float inv = peak > 0 ? 32767.0f / peak : 0.0f;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) row[k] = std::nearbyint(row[k] * inv);
     }
-    for (int64_t k = K; k < K64; ++k) out[k] = 0;
-    for (int64_t k = 0; k < K64; ++k) out[k] *= kScale[(k % 64) / 8];
+    for (int64_t k = 0; k < K64; ++k) {
+      // within a 32-column half: columns 8-15 and 16-23 trade places
+      const int64_t c = k % 32, sub = c / 8;
+      const int64_t at = k - c + (sub == 1 ? c + 8 : sub == 2 ? c - 8 : c);
+      out[at] = static_cast<int16_t>(row[k]);
+    }
   }
-  return {d, K64, sums, groups};
+  return {xq, K64, xs, sums, groups};
 }
 
 struct Prepared {
@@ -595,10 +593,10 @@ SkinnyInt4 skinny_pack_int4(const at::Tensor& q, const at::Tensor& scale, const 
   TORCH_CHECK(group > 0 && group % 32 == 0 && K % group == 0, "skinny int4: K ", K, " and group ", group,
               " must be multiples of 32, K of the group");
   TORCH_CHECK(scale.sizes() == zero.sizes() && scale.numel() == N * (K / group), "skinny int4: scale/zero must be [N, K/group]");
-  // lane j of 64-column block b = sum_i q[64b + 8i + j] << 4i (columns past K: code 0), i.e.
-  // byte t of the lane holds codes 2t (low nibble) and 2t + 1 (high nibble); built in uint8.
-  at::Tensor qb = at::constant_pad_nd(q.to(at::kByte), {0, K64 - K}).view({N, K64 / 64, 4, 2, 8});
-  at::Tensor bytes = qb.select(3, 0).bitwise_or(qb.select(3, 1).bitwise_left_shift(4)).transpose(2, 3);  // [N, K64/64, 8, 4]
+  // byte j of 64-column block b: column 64b + j in the low nibble, 64b + 32 + j in the high one
+  // (columns past K: code 0).
+  at::Tensor qb = at::constant_pad_nd(q.to(at::kByte), {0, K64 - K}).view({N, K64 / 64, 2, 32});
+  at::Tensor bytes = qb.select(2, 0).bitwise_or(qb.select(2, 1).bitwise_left_shift(4));  // [N, K64/64, 32]
   SkinnyInt4 w;
   w.codes = bytes.contiguous().view({N, K64 / 2});
   // fp32 of the bf16 scale and zero (as LinearWeight rounds them); zero - 8 * scale rounded once.
@@ -619,7 +617,7 @@ at::Tensor skinny_linear_int4(const at::Tensor& x, const SkinnyInt4& w, const at
   TORCH_CHECK(w.params.scalar_type() == at::kFloat && w.params.numel() == N * 2 * (K / w.group),
               "skinny int4: params must be [N, 2, K/group] float32 (from skinny_pack_int4)");
   const Int4Rows rows{w.codes.data_ptr<uint8_t>(), w.params.data_ptr<float>(), w.group, K / w.group, K64 / 2};
-  run_tiles(Int4Tile{rows, K, int4_rows(x, K64, w.group)}, N, M, p.out);
+  run_tiles(Int4Tile{rows, K, int4_activations(x, K64, w.group)}, N, M, p.out);
   return p.y;
 }
 

@@ -37,11 +37,11 @@ void set_skinny_kernels_enabled(bool on);  // process-wide; for A/B measurements
 int skinny_parallel_threads();
 
 // int4 weights in the kernel's layout. codes [N, K64 / 2] uint8, K64 = K rounded up to 64:
-// each block of 64 input columns is 8 little-endian 32-bit lanes; lane j holds the code of
-// column 8i + j (i = 0..7) in bits 4i..4i+3, so a mask (or a shift for i = 7) and one
-// conversion give 8 codes in fp32 lanes. params [N, 2, K/group] fp32: per row, the groups'
-// scales, then their zero - 8 * scale (scale and zero rounded to bf16 first, as LinearWeight
-// keeps them). Dequantized w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale).
+// byte j of each block of 64 input columns holds the code of column j in its low nibble and of
+// column 32 + j in its high nibble. params [N, 2, K/group] fp32: per row, the groups' scales,
+// then their zero - 8 * scale (scale and zero rounded to bf16 first, as LinearWeight keeps
+// them). Dequantized w = (q - 8) * scale + zero = q * scale + (zero - 8 * scale). The kernel
+// multiplies x rounded to int16 per group (see cpu_skinny_matmul.cpp).
 struct SkinnyInt4 {
   at::Tensor codes, params;
   int64_t group = 0, in_features = 0;

@@ -124,6 +124,14 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
         // here, as the fp32 sum can sit on the other side of a rounding boundary).
         at::Tensor bound = scale * 1e-5 + 1e-30;
         if (y.scalar_type() == at::kBFloat16) bound = bound + bf16_ulp(ref);
+        if (c.format == Format::kInt4) {
+          // int4 multiplies x as int16 (x / s_g rounded, s_g = max |x over group g| / 32767):
+          // each x moves by at most s_g / 2.
+          const int64_t groups = c.k / c.group;
+          const at::Tensor half_step = xd.abs().view({M, groups, c.group}).amax(2) / 65534.0;  // [M, groups]
+          const at::Tensor w_abs = w.deq.abs().view({c.n, groups, c.group}).sum(2);         // [N, groups]
+          bound = bound + at::matmul(half_step, w_abs.t());
+        }
         const double worst = (err / bound).max().item<double>();
         EXPECT_LE(worst, 1.0) << what << ": error " << worst << " x the bound";
       }
