@@ -139,6 +139,40 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
   }
 }
 
+// int4 multiplies x rounded to int16: per group, q = round(x * 32767 / max |x|), times
+// max |x| / 32767. With fp32 x and output, the kernel equals that rule within fp32 rounding.
+at::Tensor int16_rounded(const at::Tensor& xd, int64_t group) {
+  at::Tensor out = xd.clone();
+  for (int64_t k0 = 0; k0 < xd.size(1); k0 += group) {
+    const at::Tensor part = xd.narrow(1, k0, group);
+    const at::Tensor peak = part.abs().amax(1, true);
+    const at::Tensor s = at::where(peak > 0, peak / 32767.0, at::ones_like(peak));
+    out.narrow(1, k0, group).copy_(at::round(part / s) * s);
+  }
+  return out;
+}
+
+TEST(SkinnyMatmul, int4_rounds_x_to_int16_per_group) {
+  SKIP_WITHOUT_KERNELS();
+  uint64_t seed = 700;
+  for (const Case& c : kCases) {
+    if (c.format != Format::kInt4) continue;
+    const TestWeight w = make_weight(c.format, c.n, c.k, c.group, seed++);
+    for (int64_t M : {1, 5}) {
+      auto gen = at::detail::createCPUGenerator(seed++);
+      const at::Tensor x = at::randn({M, c.k}, gen);  // fp32: no output rounding to hide behind
+      const at::Tensor y = w.run(x, {}).to(at::kDouble);
+      const at::Tensor xq = int16_rounded(x.to(at::kDouble), c.group);
+      const at::Tensor ref = at::matmul(xq, w.deq.t());
+      // The zero point enters as a second sum (sum_g zero_g * sum x) beside sum s * x * q: the
+      // two partly cancel, so their own sizes, up to ~4x sum |x w| here, set the rounding.
+      const at::Tensor bound = at::matmul(xq.abs(), w.deq.abs().t()) * 4e-5 + 1e-30;
+      const double worst = ((y - ref).abs() / bound).max().item<double>();
+      EXPECT_LE(worst, 1.0) << "N=" << c.n << " K=" << c.k << " M=" << M << ": error " << worst << " x the bound";
+    }
+  }
+}
+
 TEST(SkinnyMatmul, rows_are_batch_invariant_bit_for_bit) {
   SKIP_WITHOUT_KERNELS();
   uint64_t seed = 100;
