@@ -521,12 +521,6 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   }
   const auto dev = options_.device;
   const int64_t nh = c.num_attention_heads, ng = c.multi_query_group_num, d = c.head_dim();
-  int64_t n_rows = 0;
-  for (const BatchItem& it : items) n_rows += it.n_ids;
-  // A decode-sized step on the CPU: the hand-written kernels on their spinning pool, libtorch's
-  // small ops on this thread (runtime/spin_pool.h).
-  std::optional<runtime::DecodeStepScope> step_scope;
-  if (dev.is_cpu() && n_rows <= kSkinnyMaxRows && skinny_kernels_enabled()) step_scope.emplace();
 
   // Row offsets, ids and absolute positions of every item, concatenated.
   std::vector<int64_t> offset(B + 1, 0), all_ids, positions;
@@ -538,6 +532,10 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
     for (int64_t i = 0; i < it.n_ids; ++i) positions.push_back(it.cache->length + i);
   }
   const int64_t N = offset[B];
+  // A decode-sized step on the CPU: the hand-written kernels on their spinning pool, libtorch's
+  // small ops on this thread (runtime/spin_pool.h).
+  std::optional<runtime::DecodeStepScope> step_scope;
+  if (dev.is_cpu() && N <= kSkinnyMaxRows && skinny_kernels_enabled()) step_scope.emplace();
   at::Tensor idx = at::tensor(all_ids, at::TensorOptions().dtype(at::kLong)).to(dev);
   at::Tensor h = embedding_.index_select(0, idx);  // [N, H]
 

@@ -33,14 +33,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "runtime/spin_pool.h"
@@ -538,24 +534,6 @@ bool skinny_kernels_supported() {
 bool skinny_kernels_enabled() { return skinny_kernels_supported() && enabled_flag().load(); }
 
 void set_skinny_kernels_enabled(bool on) { enabled_flag().store(on); }
-
-int skinny_parallel_threads() {
-  // Each chunk waits (up to 200 ms) for a second thread to show up, so a caller that is quick
-  // to claim every chunk itself does not hide an idle helper.
-  std::mutex mutex;
-  std::set<std::thread::id> seen;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-  runtime::parallel_rows(0, 64, /*grain=*/1, [&](int64_t, int64_t) {
-    std::unique_lock<std::mutex> lock(mutex);
-    seen.insert(std::this_thread::get_id());
-    while (seen.size() < 2 && std::chrono::steady_clock::now() < deadline) {
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      lock.lock();
-    }
-  });
-  return static_cast<int>(seen.size());
-}
 
 at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   TORCH_CHECK(skinny_kernels_supported(), "skinny matmul: this CPU lacks AVX2/FMA");

@@ -31,10 +31,6 @@ bool skinny_kernels_supported();
 // Supported and not switched off (GLMVOICE_CPU_KERNELS=0, set_skinny_kernels_enabled(false)).
 bool skinny_kernels_enabled();
 void set_skinny_kernels_enabled(bool on);  // process-wide; for A/B measurements and tests
-// How many distinct threads the kernels split their rows over on the calling thread now
-// (runtime::parallel_rows). at::parallel_for is a header template that runs in parallel only
-// where it is compiled with OpenMP (as libtorch is): built without -fopenmp, it ran on one.
-int skinny_parallel_threads();
 
 // int4 weights in the kernel's layout. codes [N, K64 / 2] uint8, K64 = K rounded up to 64:
 // byte j of each block of 64 input columns holds the code of column j in its low nibble and of

@@ -8,7 +8,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <mutex>
+#include <set>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -194,14 +198,33 @@ TEST(SkinnyMatmul, rows_are_batch_invariant_bit_for_bit) {
   }
 }
 
-// The kernels' at::parallel_for really splits the work (it silently ran on one thread while the
-// library was built without OpenMP).
+// How many distinct threads runtime::parallel_rows (what the kernels split their rows with)
+// runs on from this thread now. Each chunk waits (up to 200 ms) for a second thread to show
+// up, so a caller that is quick to claim every chunk itself does not hide an idle helper.
+int rows_threads_seen() {
+  std::mutex mutex;
+  std::set<std::thread::id> seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  runtime::parallel_rows(0, 64, /*grain=*/1, [&](int64_t, int64_t) {
+    std::unique_lock<std::mutex> lock(mutex);
+    seen.insert(std::this_thread::get_id());
+    while (seen.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      lock.lock();
+    }
+  });
+  return static_cast<int>(seen.size());
+}
+
+// The kernels' row split really uses the threads (at::parallel_for silently ran on one while
+// the library was built without OpenMP).
 TEST(SkinnyMatmul, kernels_run_on_the_intra_op_threads) {
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
-  EXPECT_EQ(skinny_parallel_threads(), 2);
+  EXPECT_EQ(rows_threads_seen(), 2);
   at::set_num_threads(1);
-  EXPECT_EQ(skinny_parallel_threads(), 1);
+  EXPECT_EQ(rows_threads_seen(), 1);
   at::set_num_threads(threads);
 }
 
@@ -214,7 +237,7 @@ TEST(SkinnyMatmul, decode_step_scope_moves_the_kernels_to_the_pool) {
     runtime::DecodeStepScope scope;
     EXPECT_EQ(at::get_num_threads(), 1);
     EXPECT_EQ(runtime::parallel_rows_threads(), 2);
-    EXPECT_EQ(skinny_parallel_threads(), 2);
+    EXPECT_EQ(rows_threads_seen(), 2);
   }
   EXPECT_EQ(at::get_num_threads(), 2);
   EXPECT_EQ(runtime::parallel_rows_threads(), 2);
