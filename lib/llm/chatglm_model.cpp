@@ -3,6 +3,7 @@
 // vllm-project/vllm vllm/model_executor/models/chatglm.py (independent check of the
 // rotary layout). Spec: ../shared/spec/llm.md §1–§3.
 #include "llm/chatglm_model.h"
+#include "llm/cpu_decode_ops.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -320,6 +321,10 @@ at::Tensor LlmModel::rms_norm(const at::Tensor& x, const at::Tensor& w) const {
   return (w * (x32 * at::rsqrt(var + config_.layernorm_epsilon))).to(x.scalar_type());
 }
 
+at::Tensor LlmModel::norm(const at::Tensor& x, const at::Tensor& w, bool small_ops) const {
+  return small_ops ? cpu::rms_norm(x, w, static_cast<float>(config_.layernorm_epsilon)) : rms_norm(x, w);
+}
+
 // §3.3 step 3: rotates pairs (2i, 2i+1) of the first r dims of every head. Negation is exact,
 // so x·(c, c) + swap(x)·(−s, s) rounds like the reference's x0·c − x1·s and x1·c + x0·s.
 void LlmModel::rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, const at::Tensor& sin2) const {
@@ -343,11 +348,11 @@ std::pair<at::Tensor, at::Tensor> LlmModel::rotary_tables(const at::Tensor& pos)
 }
 
 // §3.3 step 8 and §3.4: the attention output projection and the MLP, each with its residual.
-at::Tensor LlmModel::dense_and_mlp(const Layer& L, const at::Tensor& h_in, const at::Tensor& ctx) const {
+at::Tensor LlmModel::dense_and_mlp(const Layer& L, const at::Tensor& h_in, const at::Tensor& ctx, bool small_ops) const {
   const int64_t ffn = config_.ffn_hidden_size;
   at::Tensor h = h_in + linear(ctx, L.dense_w, L.dense_b);
-  at::Tensor u = linear(rms_norm(h, L.post_norm), L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second
-  at::Tensor m = at::silu(u.narrow(1, 0, ffn)) * u.narrow(1, ffn, ffn);
+  at::Tensor u = linear(norm(h, L.post_norm, small_ops), L.h4h_w, L.h4h_b);  // [N, 2·ffn]: gate first, up second
+  at::Tensor m = small_ops ? cpu::silu_mul(u, ffn) : at::silu(u.narrow(1, 0, ffn)) * u.narrow(1, ffn, ffn);
   return h + linear(m, L.fourh_w, L.fourh_b);
 }
 
@@ -536,6 +541,11 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   // small ops on this thread (runtime/spin_pool.h).
   std::optional<runtime::DecodeStepScope> step_scope;
   if (dev.is_cpu() && N <= kSkinnyMaxRows && skinny_kernels_enabled()) step_scope.emplace();
+  // ... and its small ops as plain loops too (cpu_decode_ops.h).
+  const auto compute = embedding_.scalar_type();
+  const bool small_ops = step_scope.has_value() && (compute == at::kFloat || compute == at::kBFloat16) &&
+                         cpu::small_ops_enabled();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   at::Tensor idx = at::tensor(all_ids, at::TensorOptions().dtype(at::kLong)).to(dev);
   at::Tensor h = embedding_.index_select(0, idx);  // [N, H]
 
@@ -545,9 +555,13 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   std::vector<at::Tensor> ctx_parts(B);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    at::Tensor n1 = rms_norm(h, L.input_norm);
+    at::Tensor n1 = norm(h, L.input_norm, small_ops);
     at::Tensor mixed = linear(n1, L.qkv_w, L.qkv_b);  // [N, qkv_out], bias fused (§3.7)
-    rotary_in_place(mixed.narrow(1, 0, c.q_size() + c.kv_size()).view({N, nh + ng, d}), cos2, sin2);
+    if (small_ops) {
+      cpu::rotary(mixed, nh + ng, d, c.rotary_dim(), cos2, sin2);
+    } else {
+      rotary_in_place(mixed.narrow(1, 0, c.q_size() + c.kv_size()).view({N, nh + ng, d}), cos2, sin2);
+    }
     at::Tensor q = mixed.narrow(1, 0, c.q_size()).view({N, nh, d});
     at::Tensor k = mixed.narrow(1, c.q_size(), c.kv_size()).view({N, ng, d});
     at::Tensor v = mixed.narrow(1, c.q_size() + c.kv_size(), c.kv_size()).view({N, ng, d});
@@ -558,10 +572,14 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
       cache.v[l].narrow(1, P, T).copy_(v.narrow(0, offset[b], T).transpose(0, 1));
       const at::Tensor qb = q.narrow(0, offset[b], T), Kb = cache.k[l].narrow(1, 0, P + T),
                        Vb = cache.v[l].narrow(1, 0, P + T);
-      ctx_parts[b] = fused_ops_ ? attend_fused(qb, Kb, Vb, P) : attend(qb, Kb, Vb, P);
+      if (small_ops && T == 1) {
+        ctx_parts[b] = cpu::attend_one(qb, Kb, Vb, nh, scale);
+      } else {
+        ctx_parts[b] = fused_ops_ ? attend_fused(qb, Kb, Vb, P) : attend(qb, Kb, Vb, P);
+      }
     }
     at::Tensor ctx = B == 1 ? ctx_parts[0] : at::cat(ctx_parts, 0);  // [N, nh·d]
-    h = dense_and_mlp(L, h, ctx);
+    h = dense_and_mlp(L, h, ctx, small_ops);
   }
   for (size_t b = 0; b < B; ++b) items[b].cache->length += items[b].n_ids;
 
@@ -577,7 +595,7 @@ std::vector<at::Tensor> LlmModel::forward_batch(const std::vector<BatchItem>& it
   std::vector<at::Tensor> out(B);
   if (rows.empty()) return out;
   h = static_cast<int64_t>(rows.size()) == N ? h : h.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(dev));
-  if (final_norm_.defined()) h = rms_norm(h, final_norm_);
+  if (final_norm_.defined()) h = norm(h, final_norm_, small_ops);
   at::Tensor logits = linear(h, output_).to(at::kFloat);  // [rows, V], stays on the device (sampling there)
   int64_t r = 0;
   for (size_t b = 0; b < B; ++b) {

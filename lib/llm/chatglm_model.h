@@ -104,7 +104,9 @@ class LlmModel {
   void rotary_in_place(const at::Tensor& qk, const at::Tensor& cos2, const at::Tensor& sin2) const;
   std::pair<at::Tensor, at::Tensor> rotary_tables(const at::Tensor& pos) const;  // (cos2, sin2)
   // h + dense(ctx), then + MLP(norm(·)): the rest of a layer after attention.
-  at::Tensor dense_and_mlp(const Layer& L, const at::Tensor& h, const at::Tensor& ctx) const;
+  // small_ops: the decode step's CPU loops (cpu_decode_ops.h) instead of libtorch ops.
+  at::Tensor dense_and_mlp(const Layer& L, const at::Tensor& h, const at::Tensor& ctx, bool small_ops = false) const;
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, bool small_ops) const;
   void ensure_capacity(KvCache& cache, int64_t needed) const;
   // Attention of one sequence's rows q [T, nh, d] against its cache (positions 0 … P+T-1,
   // the last T just written): ctx [T, nh·d].
