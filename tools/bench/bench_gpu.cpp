@@ -2,7 +2,7 @@
 //
 //   glmvoice-bench dtypes [--config mid | --real] [--model DIR] [--dtypes float32,bfloat16,int8,int4]
 //                         [--device cpu|cuda] [--prompt 128] [--decode 32] [--repeat 2]
-//                         [--threads N] [--dir DIR] [--json FILE]
+//                         [--threads N] [--dir DIR] [--json FILE] [--small-ops-ab]
 //
 // Per dtype: load time and weight memory, prefill ms/token, decode ms/token at batch 1, and
 // the decode bandwidth floor (weight bytes read per token / measured memory read bandwidth);
@@ -10,7 +10,9 @@
 // identical. `--config` is a glmvoice-mkmodel config written into DIR (default mid);
 // `--real` builds the real GLM-4-Voice-9B shapes (40 layers, hidden 4096, ffn 13696, 32 heads,
 // 2 KV groups, 168960 rows) with random weights made on the device in memory: no checkpoint
-// file (what scripts/gpu-check.sh runs on a GPU). `--json` writes the rows.
+// file (what scripts/gpu-check.sh runs on a GPU). `--json` writes the rows. `--small-ops-ab`
+// (CPU): the repeats alternate the decode step's small ops between libtorch and the plain loops
+// of cpu_decode_ops.h (GLMVOICE_CPU_SMALL_OPS), 2 x --repeat rounds, and prints both bests.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -30,6 +32,7 @@
 #include "../cli/args.h"
 #include "bench.h"
 #include "llm/chatglm_model.h"
+#include "llm/cpu_decode_ops.h"
 #include "llm/tiny_model.h"
 #include "runtime/options.h"
 
@@ -75,6 +78,7 @@ double read_bandwidth(const c10::Device& device) {
 struct Row {
   std::string dtype;
   double load_ms = 0, weight_gb = 0, memory_gb = 0, prefill_ms = 0, decode_ms = 0, floor_ms = 0;
+  double decode_libtorch_ms = -1;  // --small-ops-ab: best decode with libtorch's small ops
   double logits_err = -1;  // vs bfloat16, max abs over the prompt
   int64_t greedy_same = -1, greedy_n = 0;
   std::string error;
@@ -113,12 +117,13 @@ void write_real_llm_config(const std::string& dir) {
 int bench_dtypes(int argc, char** argv) {
   c10::InferenceMode guard;
   Args args(argc, argv, 2, {"real"});
-  args.check_known({"config", "real", "model", "dtypes", "device", "prompt", "decode", "repeat", "threads", "dir", "json"});
+  args.check_known({"config", "real", "model", "dtypes", "device", "prompt", "decode", "repeat", "threads", "dir", "json", "small-ops-ab"});
   if (args.has("threads")) at::set_num_threads(static_cast<int>(args.get_int("threads", 1)));
   const c10::Device device = runtime::parse_device(args.get("device", "cpu"));
   const int64_t prompt = args.get_int("prompt", 128), decode = args.get_int("decode", 32);
   const int repeat = static_cast<int>(args.get_int("repeat", 2));
   const bool real = args.has("real");
+  const bool small_ops_ab = args.has("small-ops-ab");
   std::string path = args.get("model", "");
   if (path.empty()) {
     const std::string config = real ? "real-9b-shapes" : args.get("config", "mid");
@@ -162,7 +167,9 @@ int bench_dtypes(int argc, char** argv) {
       row.prefill_ms = row.decode_ms = 1e300;
       at::Tensor prompt_logits;
       std::vector<int64_t> greedy;
-      for (int r = 0; r < repeat; ++r) {
+      for (int r = 0; r < (small_ops_ab ? 2 * repeat : repeat); ++r) {
+        const bool libtorch_ops = small_ops_ab && r % 2 == 0;  // the last round: the default
+        llm::cpu::set_small_ops_enabled(!libtorch_ops);
         auto cache = model->new_cache();
         t0 = Clock::now();
         at::Tensor logits = model->forward(ids, cache);
@@ -175,8 +182,14 @@ int bench_dtypes(int argc, char** argv) {
           logits = model->forward({greedy.back()}, cache);
         }
         sync(device, logits);
-        row.decode_ms = std::min(row.decode_ms, ms_since(t0) / static_cast<double>(std::max<int64_t>(decode, 1)));
+        const double ms = ms_since(t0) / static_cast<double>(std::max<int64_t>(decode, 1));
+        if (libtorch_ops) {
+          row.decode_libtorch_ms = row.decode_libtorch_ms < 0 ? ms : std::min(row.decode_libtorch_ms, ms);
+        } else {
+          row.decode_ms = std::min(row.decode_ms, ms);
+        }
       }
+      llm::cpu::set_small_ops_enabled(true);
       {
         auto cache = model->new_cache();
         prompt_logits = model->forward(ids, cache, true).to(at::kCPU);
@@ -200,6 +213,9 @@ int bench_dtypes(int argc, char** argv) {
                   "ms/token = %6.1f tokens/s, floor %7.3f ms (x%.2f)",
                   name.c_str(), row.load_ms, row.weight_gb, row.memory_gb, row.prefill_ms, row.decode_ms,
                   1000.0 / row.decode_ms, row.floor_ms, row.decode_ms / row.floor_ms);
+      if (row.decode_libtorch_ms > 0) {
+        std::printf(" | libtorch small ops %.3f ms/token (x%.2f)", row.decode_libtorch_ms, row.decode_libtorch_ms / row.floor_ms);
+      }
       if (row.logits_err >= 0) {
         std::printf(" | vs bf16: logits max err %.3g, greedy %lld/%lld same", row.logits_err, (long long)row.greedy_same,
                     (long long)row.greedy_n);
@@ -232,6 +248,7 @@ int bench_dtypes(int argc, char** argv) {
         j.update({{"load_ms", r.load_ms}, {"weight_gb", r.weight_gb}, {"memory_gb", r.memory_gb},
                   {"prefill_ms_per_token", r.prefill_ms}, {"decode_ms_per_token", r.decode_ms},
                   {"decode_floor_ms", r.floor_ms}, {"bandwidth_gb_s", bandwidth / 1e9}});
+        if (r.decode_libtorch_ms > 0) j["decode_ms_per_token_libtorch_small_ops"] = r.decode_libtorch_ms;
         if (r.logits_err >= 0) j.update({{"logits_max_err_vs_bf16", r.logits_err}, {"greedy_same_vs_bf16", r.greedy_same}, {"greedy_n", r.greedy_n}});
       }
       out.push_back(j);
