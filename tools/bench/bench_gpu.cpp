@@ -116,7 +116,7 @@ void write_real_llm_config(const std::string& dir) {
 
 int bench_dtypes(int argc, char** argv) {
   c10::InferenceMode guard;
-  Args args(argc, argv, 2, {"real"});
+  Args args(argc, argv, 2, {"real", "small-ops-ab"});
   args.check_known({"config", "real", "model", "dtypes", "device", "prompt", "decode", "repeat", "threads", "dir", "json", "small-ops-ab"});
   if (args.has("threads")) at::set_num_threads(static_cast<int>(args.get_int("threads", 1)));
   const c10::Device device = runtime::parse_device(args.get("device", "cpu"));
