@@ -128,12 +128,16 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
         // here, as the fp32 sum can sit on the other side of a rounding boundary).
         at::Tensor bound = scale * 1e-5 + 1e-30;
         if (y.scalar_type() == at::kBFloat16) bound = bound + bf16_ulp(ref);
-        if (c.format == Format::kInt4) {
-          // int4 multiplies x as int16 (x / s_g rounded, s_g = max |x over group g| / 32767):
-          // each x moves by at most s_g / 2.
-          const int64_t groups = c.k / c.group;
-          const at::Tensor half_step = xd.abs().view({M, groups, c.group}).amax(2) / 65534.0;  // [M, groups]
-          const at::Tensor w_abs = w.deq.abs().view({c.n, groups, c.group}).sum(2);         // [N, groups]
+        if (c.format == Format::kInt4 || c.format == Format::kInt8) {
+          // int4 and int8 multiply x as int16 (x / s_g rounded, s_g = max |x over group g| /
+          // 32767; int8's groups are 128 columns, the last one shorter): each x moves by at
+          // most s_g / 2.
+          const int64_t group = c.format == Format::kInt4 ? c.group : 128;
+          const int64_t groups = (c.k + group - 1) / group;
+          const at::Tensor pad = at::zeros({M, groups * group - c.k}, xd.options());
+          const at::Tensor wpad = at::zeros({c.n, groups * group - c.k}, xd.options());
+          const at::Tensor half_step = at::cat({xd, pad}, 1).abs().view({M, groups, group}).amax(2) / 65534.0;
+          const at::Tensor w_abs = at::cat({w.deq, wpad}, 1).abs().view({c.n, groups, group}).sum(2);
           bound = bound + at::matmul(half_step, w_abs.t());
         }
         const double worst = (err / bound).max().item<double>();
@@ -148,29 +152,38 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
 at::Tensor int16_rounded(const at::Tensor& xd, int64_t group) {
   at::Tensor out = xd.clone();
   for (int64_t k0 = 0; k0 < xd.size(1); k0 += group) {
-    const at::Tensor part = xd.narrow(1, k0, group);
+    const int64_t width = std::min(group, xd.size(1) - k0);
+    const at::Tensor part = xd.narrow(1, k0, width);
     const at::Tensor peak = part.abs().amax(1, true);
     const at::Tensor s = at::where(peak > 0, peak / 32767.0, at::ones_like(peak));
-    out.narrow(1, k0, group).copy_(at::round(part / s) * s);
+    out.narrow(1, k0, width).copy_(at::round(part / s) * s);
   }
   return out;
 }
 
-TEST(SkinnyMatmul, int4_rounds_x_to_int16_per_group) {
+TEST(SkinnyMatmul, int4_and_int8_round_x_to_int16_per_group) {
   SKIP_WITHOUT_KERNELS();
   uint64_t seed = 700;
   for (const Case& c : kCases) {
-    if (c.format != Format::kInt4) continue;
+    if (c.format != Format::kInt4 && c.format != Format::kInt8) continue;
+    const int64_t group = c.format == Format::kInt4 ? c.group : 128;
     const TestWeight w = make_weight(c.format, c.n, c.k, c.group, seed++);
     for (int64_t M : {1, 5}) {
       auto gen = at::detail::createCPUGenerator(seed++);
-      const at::Tensor x = at::randn({M, c.k}, gen);  // fp32: no output rounding to hide behind
+      at::Tensor x = at::randn({M, c.k}, gen);  // fp32: no output rounding to hide behind
+      // int8: one large value per group makes the int16 steps coarse (~0.03 against |x| ~ 0.8),
+      // so multiplying the unrounded x would miss the reference by far more than the bound.
+      // (Not int4: its zero-point term takes the fp32 sums of the unrounded x.)
+      if (c.format == Format::kInt8) {
+        for (int64_t k0 = 0; k0 < c.k; k0 += group) x.select(1, k0).mul_(1000);
+      }
       const at::Tensor y = w.run(x, {}).to(at::kDouble);
-      const at::Tensor xq = int16_rounded(x.to(at::kDouble), c.group);
+      const at::Tensor xq = int16_rounded(x.to(at::kDouble), group);
       const at::Tensor ref = at::matmul(xq, w.deq.t());
-      // The zero point enters as a second sum (sum_g zero_g * sum x) beside sum s * x * q: the
-      // two partly cancel, so their own sizes, up to ~4x sum |x w| here, set the rounding.
-      const at::Tensor bound = at::matmul(xq.abs(), w.deq.abs().t()) * 4e-5 + 1e-30;
+      // int4: the zero point enters as a second sum (sum_g zero_g * sum x) beside sum s * x * q:
+      // the two partly cancel, so their own sizes, up to ~4x sum |x w| here, set the rounding.
+      const double rel = c.format == Format::kInt4 ? 4e-5 : 1e-5;
+      const at::Tensor bound = at::matmul(xq.abs(), w.deq.abs().t()) * rel + 1e-30;
       const double worst = ((y - ref).abs() / bound).max().item<double>();
       EXPECT_LE(worst, 1.0) << "N=" << c.n << " K=" << c.k << " M=" << M << ": error " << worst << " x the bound";
     }
