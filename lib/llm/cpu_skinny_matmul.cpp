@@ -410,7 +410,7 @@ GLMVOICE_AVX2 void rows_range(const Tile& tile, int64_t n_begin, int64_t n_end, 
 
 template <class R>
 struct DenseTile {
-  static constexpr bool kInt4 = false;
+  static constexpr bool kIntegerTiles = false;
   static constexpr int64_t kPrefetchFromRows = R::kPrefetchFromRows;
   static constexpr bool kPrefetchEveryPass = R::kPrefetchEveryPass;
   const typename R::T* w;
@@ -426,7 +426,7 @@ struct DenseTile {
 };
 
 struct Int4Tile {
-  static constexpr bool kInt4 = true;
+  static constexpr bool kIntegerTiles = true;
   static constexpr int64_t kPrefetchFromRows = 1;
   static constexpr bool kPrefetchEveryPass = false;
   Int4Rows w;
@@ -442,7 +442,7 @@ struct Int4Tile {
 };
 
 struct Int8Tile {
-  static constexpr bool kInt4 = true;  // integer accumulators: int4's tile shapes
+  static constexpr bool kIntegerTiles = true;
   static constexpr int64_t kPrefetchFromRows = 1;
   static constexpr bool kPrefetchEveryPass = false;
   const int8_t* w;
@@ -464,7 +464,7 @@ struct Int8Tile {
 template <class Tile>
 void run_tiles(const Tile& tile, int64_t N, int64_t M, const Output& out) {
   runtime::parallel_rows(0, N, /*grain=*/64, [&](int64_t begin, int64_t end) {
-    if (Tile::kInt4) {  // codes of NB rows + MB x NB accumulators + MB x vectors in registers
+    if (Tile::kIntegerTiles) {  // int4/int8: integer accumulators, per-group fp32 totals in memory
       if (M == 1) {
         rows_range<Tile, 5, 1>(tile, begin, end, M, out);
       } else if (M == 2) {
@@ -546,12 +546,29 @@ Activations deinterleaved_rows(const at::Tensor& x) {
   return {d, K};
 }
 
+// x rounded to int16 for the integer kernels (int4, int8): x * inv to nearest even (as
+// std::nearbyint), 8 values from a and 8 from b as one vector [a0..a7, b0..b7]. packs works per
+// 128-bit lane (a0-3, b0-3 | a4-7, b4-7); the 64-bit swap puts them in order.
+GLMVOICE_AVX2 inline __m256i round_to_int32(const float* p, __m256 inv) {
+  return _mm256_cvtps_epi32(
+      _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+GLMVOICE_AVX2 inline __m256i round_to_int16(const float* a, const float* b, __m256 inv) {
+  return _mm256_permute4x64_epi64(_mm256_packs_epi32(round_to_int32(a, inv), round_to_int32(b, inv)), 0xd8);
+}
+
+// The largest of 8 lanes of |x| maxima.
+GLMVOICE_AVX2 inline float lane_max(__m256 v) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  return *std::max_element(lanes, lanes + 8);
+}
+
 // int4: x / scale_g rounded to int16 in the codes' column order (Int4Activations), zeros past
 // K; the scale of each group (max |x| / 32767, so the largest value maps to +-32767 and every
 // value keeps 15 bits relative to it: finer than x's own bf16 rounding), and the fp32 sum of x
 // over each group (8 lanes, then a fixed horizontal sum). Per row, in AVX2: the scalar version
 // (std::nearbyint per value) cost ~4 us per call, a tenth of a 1024 x 1024 int4 product.
-// Rounding is to nearest even, as std::nearbyint; packs + permute put the columns in order.
 GLMVOICE_AVX2 void int4_quantize_row(const float* row, int64_t K, int64_t K64, int64_t group, int16_t* out,
                                      float* xs, float* sums) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -563,24 +580,15 @@ GLMVOICE_AVX2 void int4_quantize_row(const float* row, int64_t K, int64_t K64, i
       acc = _mm256_add_ps(acc, v);
       peak8 = _mm256_max_ps(peak8, _mm256_and_ps(v, abs_mask));
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, peak8);
-    const float peak = *std::max_element(lanes, lanes + 8);
+    const float peak = lane_max(peak8);
     sums[g] = hsum(acc);
     xs[g] = peak / 32767.0f;
     const __m256 inv = _mm256_set1_ps(peak > 0 ? 32767.0f / peak : 0.0f);
-    for (int64_t h = 0; h < group; h += 32) {
-      __m256i q[4];
-      for (int j = 0; j < 4; ++j) {
-        const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xg + h + 8 * j), inv),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q[j] = _mm256_cvtps_epi32(r);
-      }
-      // packs works per 128-bit lane: (0-3, 16-19 | 4-7, 20-23), then the 64-bit swap.
+    for (int64_t h = 0; h < group; h += 32) {  // columns 0-7, 16-23, then 8-15, 24-31
       int16_t* o = out + g * group + h;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[2]), 0xd8));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16),
-                          _mm256_permute4x64_epi64(_mm256_packs_epi32(q[1], q[3]), 0xd8));
+      const float* xh = xg + h;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), round_to_int16(xh, xh + 16, inv));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), round_to_int16(xh + 8, xh + 24, inv));
     }
   }
   std::fill(out + K, out + K64, int16_t{0});
@@ -608,13 +616,14 @@ GLMVOICE_AVX2 void int8_quantize_row(const float* row, int64_t K, int64_t ld, in
     __m256 peak8 = _mm256_setzero_ps();
     int64_t k = g0;
     for (; k + 8 <= g1; k += 8) peak8 = _mm256_max_ps(peak8, _mm256_and_ps(_mm256_loadu_ps(row + k), abs_mask));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, peak8);
-    float peak = *std::max_element(lanes, lanes + 8);
+    float peak = lane_max(peak8);
     for (; k < g1; ++k) peak = std::max(peak, std::fabs(row[k]));
     xs[g] = peak / 32767.0f;
     const float inv = peak > 0 ? 32767.0f / peak : 0.0f;
-    for (k = g0; k < g1; ++k) out[k] = static_cast<int16_t>(std::nearbyint(row[k] * inv));
+    for (k = g0; k + 16 <= g1; k += 16) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), round_to_int16(row + k, row + k + 8, _mm256_set1_ps(inv)));
+    }
+    for (; k < g1; ++k) out[k] = static_cast<int16_t>(std::nearbyint(row[k] * inv));  // the row's last K % 16
   }
   std::fill(out + K, out + ld, int16_t{0});
 }
