@@ -122,15 +122,15 @@ void rotary_rows(T* mixed, int64_t N, int64_t row_stride, int64_t heads, int64_t
 
 // Query heads [h0, h1) of one row: scores, softmax, weighted sum of V, into ctx.
 template <class T>
-GLMVOICE_AVX2 void attend_heads(const T* q, const T* K, const T* V, T* ctx, float* scores, int64_t h0, int64_t h1,
-                                int64_t S, int64_t d, int64_t hpg, int64_t ks, float scale) {
+GLMVOICE_AVX2 void attend_heads(const T* q, const T* K, const T* V, T* ctx, int64_t h0, int64_t h1, int64_t S,
+                                int64_t d, int64_t hpg, int64_t ks, float scale) {
   constexpr bool kReduced = !std::is_same<T, float>::value;
-  std::vector<float> num(static_cast<size_t>(d));
+  std::vector<float> num(static_cast<size_t>(d)), scores(static_cast<size_t>(S));  // one head at a time
+  float* sc = scores.data();
   for (int64_t h = h0; h < h1; ++h) {
     const T* qh = q + h * d;
     const T* Kg = K + (h / hpg) * ks;
     const T* Vg = V + (h / hpg) * ks;
-    float* sc = scores + h * S;
     for (int64_t t = 0; t < S; ++t) {
       const T* kt = Kg + t * d;
       __m256 acc = _mm256_setzero_ps();
@@ -232,17 +232,16 @@ at::Tensor attend_one(const at::Tensor& q_row, const at::Tensor& K, const at::Te
                   K.scalar_type() == q_row.scalar_type() && V.scalar_type() == q_row.scalar_type(),
               "cpu attend_one: q must be nh * d contiguous values in K's dtype");
   at::Tensor ctx = at::empty({1, nh * d}, q_row.options());
-  std::vector<float> scores(static_cast<size_t>(nh * S));
   const float sc = static_cast<float>(scale);  // as `tensor * double` scales an f32 tensor
   // Heads are independent: spread them over the step's threads once there is enough work.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, S * d));
   runtime::parallel_rows(0, nh, grain, [&](int64_t h0, int64_t h1) {
     if (q_row.scalar_type() == at::kFloat) {
-      attend_heads(q_row.data_ptr<float>(), K.data_ptr<float>(), V.data_ptr<float>(), ctx.data_ptr<float>(),
-                   scores.data(), h0, h1, S, d, nh / ng, ks, sc);
+      attend_heads(q_row.data_ptr<float>(), K.data_ptr<float>(), V.data_ptr<float>(), ctx.data_ptr<float>(), h0, h1,
+                   S, d, nh / ng, ks, sc);
     } else {
       attend_heads(q_row.data_ptr<at::BFloat16>(), K.data_ptr<at::BFloat16>(), V.data_ptr<at::BFloat16>(),
-                   ctx.data_ptr<at::BFloat16>(), scores.data(), h0, h1, S, d, nh / ng, ks, sc);
+                   ctx.data_ptr<at::BFloat16>(), h0, h1, S, d, nh / ng, ks, sc);
     }
   });
   return ctx;
