@@ -147,8 +147,9 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
   }
 }
 
-// int4 multiplies x rounded to int16: per group, q = round(x * 32767 / max |x|), times
-// max |x| / 32767. With fp32 x and output, the kernel equals that rule within fp32 rounding.
+// int4 and int8 multiply x rounded to int16: per group (the last one may be short),
+// q = round(x * 32767 / max |x|), times max |x| / 32767. With fp32 x and output, the kernel
+// equals that rule within fp32 rounding.
 at::Tensor int16_rounded(const at::Tensor& xd, int64_t group) {
   at::Tensor out = xd.clone();
   for (int64_t k0 = 0; k0 < xd.size(1); k0 += group) {
