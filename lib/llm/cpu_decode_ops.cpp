@@ -120,42 +120,157 @@ void rotary_rows(T* mixed, int64_t N, int64_t row_stride, int64_t heads, int64_t
   }
 }
 
-// Query heads [h0, h1) of one row: scores, softmax, weighted sum of V, into ctx.
+// Scores of one query head against consecutive keys: scale * (q . k_t). Each dot sums its 8
+// lanes over k in increasing order, then hsum, then the scalar tail. Four keys at a time give
+// the FMAs independent chains (named accumulators: an array of them is kept on the stack at -O2).
+constexpr int64_t kKeysPerPass = 4;
+
+template <class T>
+GLMVOICE_AVX2 inline float finish_score(__m256 acc, const T* qh, const T* key, int64_t k, int64_t d, float scale) {
+  float dot = hsum(acc);
+  for (; k < d; ++k) dot += load_value(qh, k) * load_value(key, k);
+  return dot * scale;
+}
+
+template <class T>
+GLMVOICE_AVX2 inline void four_key_scores(const T* qh, const T* keys, int64_t d, float scale, float* out) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= d; k += 8) {
+    const __m256 qv = load8(qh + k);
+    a0 = _mm256_fmadd_ps(qv, load8(keys + k), a0);
+    a1 = _mm256_fmadd_ps(qv, load8(keys + d + k), a1);
+    a2 = _mm256_fmadd_ps(qv, load8(keys + 2 * d + k), a2);
+    a3 = _mm256_fmadd_ps(qv, load8(keys + 3 * d + k), a3);
+  }
+  out[0] = finish_score(a0, qh, keys, k, d, scale);
+  out[1] = finish_score(a1, qh, keys + d, k, d, scale);
+  out[2] = finish_score(a2, qh, keys + 2 * d, k, d, scale);
+  out[3] = finish_score(a3, qh, keys + 3 * d, k, d, scale);
+}
+
+template <class T>
+GLMVOICE_AVX2 inline float key_score(const T* qh, const T* key, int64_t d, float scale) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= d; k += 8) acc = _mm256_fmadd_ps(load8(qh + k), load8(key + k), acc);
+  return finish_score(acc, qh, key, k, d, scale);
+}
+
+// The largest score. Any order gives the same value unless a score is NaN, and then every
+// output is NaN whatever this returns.
+GLMVOICE_AVX2 inline float max_score(const float* sc, int64_t S) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t t = 0;
+  for (; t + 8 <= S; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(sc + t));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float mx = lanes[0];
+  for (int i = 1; i < 8; ++i) mx = std::max(mx, lanes[i]);
+  for (; t < S; ++t) mx = std::max(mx, sc[t]);
+  return mx;
+}
+
+// num[0, d) += sum over t of p[t] * V[t], t increasing for every element (num holds the sum of
+// the keys before; 0 to start), 64 columns at a time in registers, the rest in memory.
+template <class T>
+GLMVOICE_AVX2 void add_weighted_values(const float* p, const T* V, int64_t n, int64_t d, float* num) {
+  int64_t c = 0;
+  for (; c + 64 <= d; c += 64) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_loadu_ps(num + c + 8 * v);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m256 pt = _mm256_set1_ps(p[t]);
+      const T* vt = V + t * d + c;
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pt, load8(vt + 8 * v), acc[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(num + c + 8 * v, acc[v]);
+  }
+  for (int64_t t = 0; t < n && c < d; ++t) {
+    const __m256 pt = _mm256_set1_ps(p[t]);
+    const T* vt = V + t * d;
+    int64_t k = c;
+    for (; k + 8 <= d; k += 8) _mm256_storeu_ps(num + k, _mm256_fmadd_ps(pt, load8(vt + k), _mm256_loadu_ps(num + k)));
+    for (; k < d; ++k) num[k] += p[t] * load_value(vt, k);
+  }
+}
+
+// Keys (or values) per block, as f32: a block stays in L1 while every head of the group reads it.
+constexpr int64_t kKvBlockBytes = 8192;
+
+// n values of a bf16 or f32 array as f32: bf16 widened into buf (exactly), f32 as it is.
+GLMVOICE_AVX2 inline const float* as_f32(const float* src, int64_t, float*) { return src; }
+GLMVOICE_AVX2 inline const float* as_f32(const at::BFloat16* src, int64_t n, float* buf) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(src + i));
+  for (; i < n; ++i) buf[i] = load_value(src, i);
+  return buf;
+}
+
+// Query heads [h0, h1) of one row: scores, softmax, weighted sum of V, into ctx. The heads of
+// one KV group go together, block of keys by block of keys: the block is read from memory
+// (and widened from bf16) once for all the group's heads instead of once per head. Every
+// score, exp and sum is computed as for a head on its own, in the same order, from the same
+// f32 values.
 template <class T>
 GLMVOICE_AVX2 void attend_heads(const T* q, const T* K, const T* V, T* ctx, int64_t h0, int64_t h1, int64_t S,
                                 int64_t d, int64_t hpg, int64_t ks, float scale) {
   constexpr bool kReduced = !std::is_same<T, float>::value;
-  std::vector<float> num(static_cast<size_t>(d)), scores(static_cast<size_t>(S));  // one head at a time
-  float* sc = scores.data();
-  for (int64_t h = h0; h < h1; ++h) {
-    const T* qh = q + h * d;
-    const T* Kg = K + (h / hpg) * ks;
-    const T* Vg = V + (h / hpg) * ks;
-    for (int64_t t = 0; t < S; ++t) {
-      const T* kt = Kg + t * d;
-      __m256 acc = _mm256_setzero_ps();
-      int64_t k = 0;
-      for (; k + 8 <= d; k += 8) acc = _mm256_fmadd_ps(load8(qh + k), load8(kt + k), acc);
-      float dot = hsum(acc);
-      for (; k < d; ++k) dot += load_value(qh, k) * load_value(kt, k);
-      sc[t] = dot * scale;
+  const int64_t block = std::max<int64_t>(kKeysPerPass, kKvBlockBytes / (d * 4) / kKeysPerPass * kKeysPerPass);
+  const int64_t span = std::min(h1 - h0, hpg);  // at most one group's heads at a time
+  // Per-thread scratch, kept across calls (fresh buffers per call and layer cost page faults
+  // once S is long).
+  thread_local std::vector<float> score_buf, num_buf, q_buf, kv_buf, sums;
+  auto grow = [](std::vector<float>& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    return v.data();
+  };
+  float* const scores = grow(score_buf, span * S);
+  float* const nums = grow(num_buf, span * d);
+  float* const qbuf = grow(q_buf, span * d);
+  float* const kvbuf = grow(kv_buf, block * d);
+  float* const sum = grow(sums, span);
+  for (int64_t a = h0; a < h1;) {
+    const int64_t g = a / hpg, b = std::min(h1, (g + 1) * hpg), n = b - a;
+    const T* Kg = K + g * ks;
+    const T* Vg = V + g * ks;
+    const float* qf = as_f32(q + a * d, n * d, qbuf);
+    for (int64_t t0 = 0; t0 < S; t0 += block) {
+      const int64_t t1 = std::min(S, t0 + block);
+      const float* kf = as_f32(Kg + t0 * d, (t1 - t0) * d, kvbuf) - t0 * d;  // indexed by t
+      for (int64_t j = 0; j < n; ++j) {
+        const float* qh = qf + j * d;
+        float* sc = scores + j * S;
+        int64_t t = t0;
+        for (; t + kKeysPerPass <= t1; t += kKeysPerPass) four_key_scores(qh, kf + t * d, d, scale, sc + t);
+        for (; t < t1; ++t) sc[t] = key_score(qh, kf + t * d, d, scale);
+      }
     }
-    const float mx = *std::max_element(sc, sc + S);
-    for (int64_t t = 0; t < S; ++t) sc[t] -= mx;
-    exp_avx2(sc, S);
-    float sum = 0;
-    for (int64_t t = 0; t < S; ++t) sum += sc[t];
-    // bf16: the weights meet V rounded to bf16 and the sum divides afterwards; f32: softmax first.
-    for (int64_t t = 0; t < S; ++t) sc[t] = kReduced ? static_cast<float>(at::BFloat16(sc[t])) : sc[t] / sum;
-    std::fill(num.begin(), num.end(), 0.0f);
-    for (int64_t t = 0; t < S; ++t) {
-      const __m256 p = _mm256_set1_ps(sc[t]);
-      const T* vt = Vg + t * d;
-      int64_t k = 0;
-      for (; k + 8 <= d; k += 8) _mm256_storeu_ps(num.data() + k, _mm256_fmadd_ps(p, load8(vt + k), _mm256_loadu_ps(num.data() + k)));
-      for (; k < d; ++k) num[k] += sc[t] * load_value(vt, k);
+    for (int64_t j = 0; j < n; ++j) {
+      float* sc = scores + j * S;
+      const float mx = max_score(sc, S);
+      for (int64_t t = 0; t < S; ++t) sc[t] -= mx;
+      exp_avx2(sc, S);
+      float total = 0;
+      for (int64_t t = 0; t < S; ++t) total += sc[t];
+      // bf16: the weights meet V rounded to bf16 and the sum divides afterwards; f32: softmax first.
+      for (int64_t t = 0; t < S; ++t) sc[t] = kReduced ? static_cast<float>(at::BFloat16(sc[t])) : sc[t] / total;
+      sum[j] = total;
     }
-    for (int64_t k = 0; k < d; ++k) store_value(ctx + h * d, k, kReduced ? num[k] / sum : num[k]);
+    std::fill(nums, nums + n * d, 0.0f);
+    for (int64_t t0 = 0; t0 < S; t0 += block) {
+      const int64_t tn = std::min(S - t0, block);
+      const float* vf = as_f32(Vg + t0 * d, tn * d, kvbuf);
+      for (int64_t j = 0; j < n; ++j) add_weighted_values(scores + j * S + t0, vf, tn, d, nums + j * d);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const float* num = nums + j * d;
+      for (int64_t k = 0; k < d; ++k) store_value(ctx + (a + j) * d, k, kReduced ? num[k] / sum[j] : num[k]);
+    }
+    a = b;
   }
 }
 
@@ -233,15 +348,18 @@ at::Tensor attend_one(const at::Tensor& q_row, const at::Tensor& K, const at::Te
               "cpu attend_one: q must be nh * d contiguous values in K's dtype");
   at::Tensor ctx = at::empty({1, nh * d}, q_row.options());
   const float sc = static_cast<float>(scale);  // as `tensor * double` scales an f32 tensor
-  // Heads are independent: spread them over the step's threads once there is enough work.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, S * d));
+  // Heads are independent: spread them over the step's threads once there is enough work, in
+  // chunks of whole groups where there are enough groups for the threads (a group's heads share
+  // each read of its K/V block), of equal parts of a group otherwise.
+  const int64_t hpg = nh / ng, parts = std::max<int64_t>(1, (runtime::parallel_rows_threads() + ng - 1) / ng);
+  const int64_t grain = std::max({int64_t{1}, 32768 / std::max<int64_t>(1, S * d), hpg / parts});
   runtime::parallel_rows(0, nh, grain, [&](int64_t h0, int64_t h1) {
     if (q_row.scalar_type() == at::kFloat) {
       attend_heads(q_row.data_ptr<float>(), K.data_ptr<float>(), V.data_ptr<float>(), ctx.data_ptr<float>(), h0, h1,
-                   S, d, nh / ng, ks, sc);
+                   S, d, hpg, ks, sc);
     } else {
       attend_heads(q_row.data_ptr<at::BFloat16>(), K.data_ptr<at::BFloat16>(), V.data_ptr<at::BFloat16>(),
-                   ctx.data_ptr<at::BFloat16>(), h0, h1, S, d, nh / ng, ks, sc);
+                   ctx.data_ptr<at::BFloat16>(), h0, h1, S, d, hpg, ks, sc);
     }
   });
   return ctx;

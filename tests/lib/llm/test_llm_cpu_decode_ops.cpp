@@ -5,14 +5,17 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "llm/cpu_decode_ops.h"
 #include "llm/cpu_skinny_matmul.h"
+#include "runtime/spin_pool.h"
 
 namespace glmvoice::llm {
 namespace {
@@ -90,14 +93,43 @@ at::Tensor reference_attend(const at::Tensor& q, const at::Tensor& K, const at::
 TEST(CpuDecodeOps, attend_one_matches_the_reference_attention) {
   SKIP_WITHOUT_AVX2();
   at::manual_seed(3);
-  const int64_t nh = 8, ng = 2, d = 128, cap = 700;
-  for (auto dtype : kDtypes) {
-    for (int64_t S : {1, 7, 161, 650}) {  // 650: enough work to split the heads over threads
+  const int64_t d = 128, cap = 700;
+  // 8 heads in 2 groups; 12 heads in 1 group, which two threads split within the group.
+  for (auto [nh, ng] : {std::pair<int64_t, int64_t>{8, 2}, {12, 1}}) {
+    for (auto dtype : kDtypes) {
+      for (int64_t S : {1, 7, 161, 650}) {  // 650: enough work to split the heads over threads
+        const at::Tensor q = (at::randn({nh * d}) * 2).to(dtype);
+        const at::Tensor Kc = at::randn({ng, cap, d}).to(dtype), Vc = at::randn({ng, cap, d}).to(dtype);
+        const at::Tensor K = Kc.narrow(1, 0, S), V = Vc.narrow(1, 0, S);  // cache views, as the model passes them
+        const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+        expect_close(cpu::attend_one(q, K, V, nh, scale), reference_attend(q, K, V, nh, scale), dtype, "attend_one");
+      }
+    }
+  }
+}
+
+// Heads split over threads (the suite runs with one thread: this sets two): whole groups, or
+// parts of one group, give the bits of the one-thread call.
+TEST(CpuDecodeOps, attend_one_split_over_threads_gives_the_same_bits) {
+  SKIP_WITHOUT_AVX2();
+  at::manual_seed(6);
+  const int64_t d = 64, S = 900;
+  const int threads = at::get_num_threads();
+  for (auto [nh, ng] : {std::pair<int64_t, int64_t>{16, 2}, {12, 1}}) {
+    for (auto dtype : kDtypes) {
       const at::Tensor q = (at::randn({nh * d}) * 2).to(dtype);
-      const at::Tensor Kc = at::randn({ng, cap, d}).to(dtype), Vc = at::randn({ng, cap, d}).to(dtype);
-      const at::Tensor K = Kc.narrow(1, 0, S), V = Vc.narrow(1, 0, S);  // cache views, as the model passes them
-      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-      expect_close(cpu::attend_one(q, K, V, nh, scale), reference_attend(q, K, V, nh, scale), dtype, "attend_one");
+      const at::Tensor K = at::randn({ng, S, d}).to(dtype), V = at::randn({ng, S, d}).to(dtype);
+      at::set_num_threads(1);
+      const at::Tensor one = cpu::attend_one(q, K, V, nh, 0.125);
+      at::set_num_threads(2);
+      at::Tensor pool, omp = cpu::attend_one(q, K, V, nh, 0.125);
+      {
+        runtime::DecodeStepScope scope;  // the step's spinning pool
+        pool = cpu::attend_one(q, K, V, nh, 0.125);
+      }
+      at::set_num_threads(threads);
+      EXPECT_TRUE(at::equal(one, omp)) << nh << " heads, " << ng << " groups, " << c10::toString(dtype);
+      EXPECT_TRUE(at::equal(one, pool)) << nh << " heads, " << ng << " groups, " << c10::toString(dtype);
     }
   }
 }
