@@ -14,7 +14,12 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <tuple>
+#include <utility>
+#include <vector>
+
+#include "llm/mt19937_fill.h"
 
 namespace glmvoice::llm {
 
@@ -32,11 +37,64 @@ struct Ranked {
   bool rest_is_empty;      // every other row is -inf (top-k applied) or there is no other row
 };
 
+// The n largest values of a contiguous f32 CPU vector (n <= V) and their ids, descending, in
+// one pass: a min-heap of the best n so far, and 8 values at a time compared with its smallest,
+// which random logits rarely pass after the first few thousand (at::topk took ~0.5 ms for
+// 51 of 168960). Among values equal to the n-th, the lowest ids are kept; nullopt when z holds
+// a NaN (at::topk's NaN order then decides).
+std::optional<std::pair<at::Tensor, at::Tensor>> top_n_cpu(const at::Tensor& z, int64_t n) {
+  const float* x = z.data_ptr<float>();
+  const int64_t V = z.numel();
+  using Entry = std::pair<float, int64_t>;  // (value, id); the heap's top is the one to evict
+  auto evict_first = [](const Entry& a, const Entry& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  };
+  std::vector<Entry> heap;
+  heap.reserve(static_cast<size_t>(n));
+  bool nan = false;
+  auto offer = [&](int64_t i) {
+    const float v = x[i];
+    if (std::isnan(v)) {
+      nan = true;
+    } else if (static_cast<int64_t>(heap.size()) < n) {
+      heap.emplace_back(v, i);
+      std::push_heap(heap.begin(), heap.end(), evict_first);
+    } else if (v > heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end(), evict_first);
+      heap.back() = {v, i};
+      std::push_heap(heap.begin(), heap.end(), evict_first);
+    }
+  };
+  int64_t i = 0;
+  for (; i < V && static_cast<int64_t>(heap.size()) < n; ++i) offer(i);
+  for (; i + 8 <= V; i += 8) {
+    // Only a value above the heap's smallest (or a NaN) can change anything.
+    const float floor = heap.front().first;
+    bool any = false;
+    for (int j = 0; j < 8; ++j) any |= !(x[i + j] <= floor);
+    if (any) {
+      for (int j = 0; j < 8; ++j) offer(i + j);
+    }
+  }
+  for (; i < V; ++i) offer(i);
+  if (nan) return std::nullopt;
+  std::sort(heap.begin(), heap.end(), evict_first);  // descending values, ties by id
+  at::Tensor values = at::empty({n}, z.options()), ids = at::empty({n}, z.options().dtype(at::kLong));
+  float* pv = values.data_ptr<float>();
+  int64_t* pi = ids.data_ptr<int64_t>();
+  for (int64_t j = 0; j < n; ++j) pv[j] = heap[static_cast<size_t>(j)].first, pi[j] = heap[static_cast<size_t>(j)].second;
+  return std::make_pair(values, ids);
+}
+
 // Top-k (HF keeps every logit equal to the k-th largest, so ties past k are kept too).
 Ranked top_k_candidates(const at::Tensor& z, int64_t k) {
   const int64_t V = z.numel();
   if (k >= V) return {z, at::arange(V, z.options().dtype(at::kLong)), true};
-  auto [tv, ti] = at::topk(z, k + 1);  // descending
+  // Only the (k+1)-th value is read past the first k, and the first k are the same set for
+  // any tie order unless the k-th ties the (k+1)-th, which is settled from z below.
+  std::optional<std::pair<at::Tensor, at::Tensor>> top;
+  if (z.is_cpu() && z.scalar_type() == at::kFloat && z.is_contiguous()) top = top_n_cpu(z, k + 1);
+  auto [tv, ti] = top ? *top : at::topk(z, k + 1);  // descending
   if (!at::equal(tv.narrow(0, k, 1), tv.narrow(0, k - 1, 1))) {
     return {tv.narrow(0, 0, k), ti.narrow(0, 0, k), true};
   }
@@ -66,6 +124,7 @@ Ranked nucleus_candidates(const at::Tensor& z, double top_p) {
 int64_t multinomial_one(const at::Tensor& p, const at::Tensor& ids, at::Generator& gen) {
   constexpr uint64_t kMask53 = (uint64_t{1} << 53) - 1;
   constexpr double kTwoPowMinus53 = 1.0 / static_cast<double>(uint64_t{1} << 53);
+  constexpr int64_t kRowsPerBlock = 2048;
   const int64_t V = p.numel(), n = ids.numel();
   const float* pp = p.data_ptr<float>();
   const int64_t* id = ids.data_ptr<int64_t>();
@@ -74,8 +133,7 @@ int64_t multinomial_one(const at::Tensor& p, const at::Tensor& ids, at::Generato
   at::mt19937 engine = impl->engine();
   int64_t next = 0, best_at = -1, nan_at = -1, zero_at = -1;
   float best = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    const uint64_t hi = engine(), lo = engine();
+  auto row = [&](int64_t i, uint64_t hi, uint64_t lo) {
     const uint64_t bits = ((hi << 32) | lo) & kMask53;
     float v;
     if (next < n && id[next] == i) {
@@ -92,6 +150,23 @@ int64_t multinomial_one(const at::Tensor& p, const at::Tensor& ids, at::Generato
       best_at = i;
     } else if (v == 0 && zero_at < 0) {
       zero_at = i;
+    }
+  };
+  std::vector<uint32_t> words(2 * kRowsPerBlock);
+  for (int64_t r0 = 0; r0 < V; r0 += kRowsPerBlock) {
+    const int64_t rows = std::min(kRowsPerBlock, V - r0);
+    mt19937_fill(engine, words.data(), 2 * rows);
+    // A row off the candidates counts only as the first with p / q = 0 (zero_at) or where its
+    // 53 bits are all zero (0 / 0 = NaN); otherwise the block's candidates alone decide.
+    bool zero_draw = false;
+    for (int64_t k = 0; k < rows; ++k) zero_draw |= ((words[2 * k] & 0x1fffff) | words[2 * k + 1]) == 0;
+    if (zero_draw || zero_at < 0) {
+      for (int64_t k = 0; k < rows; ++k) row(r0 + k, words[2 * k], words[2 * k + 1]);
+    } else {
+      for (; next < n && id[next] < r0 + rows;) {
+        const int64_t k = id[next] - r0;
+        row(r0 + k, words[2 * k], words[2 * k + 1]);
+      }
     }
   }
   impl->set_engine(engine);

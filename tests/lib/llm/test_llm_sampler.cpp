@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "llm/mt19937_fill.h"
 #include "llm/sampler.h"
 
 using glmvoice::llm::Sampler;
@@ -152,6 +153,25 @@ std::vector<at::Tensor> logit_sets(int64_t vocab) {
 }
 
 }  // namespace
+
+// The block generator against the engine's own calls: the same words, the same state after,
+// from a fresh seed (the first call renews the state) and from the middle of a state, in runs
+// that end before, on and past a renewal (624 words each).
+TEST(Sampler, mt19937_fill_gives_the_engines_words_and_state) {
+  for (int64_t skip : {0, 1, 5, 623, 624, 700}) {
+    for (int64_t n : {1, 7, 8, 622, 623, 624, 625, 1300, 4096}) {
+      at::mt19937 a(1234 + skip), b(1234 + skip);
+      for (int64_t i = 0; i < skip; ++i) a(), b();
+      std::vector<uint32_t> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+      for (auto& w : want) w = a();
+      glmvoice::llm::mt19937_fill(b, got.data(), n);
+      EXPECT_EQ(want, got) << "skip " << skip << ", n " << n;
+      const at::mt19937_data_pod da = a.data(), db = b.data();
+      EXPECT_TRUE(da.left_ == db.left_ && da.next_ == db.next_ && da.state_ == db.state_) << "skip " << skip << ", n " << n;
+      EXPECT_EQ(a(), b()) << "the next word, skip " << skip << ", n " << n;
+    }
+  }
+}
 
 TEST(Sampler, candidate_filter_equals_the_full_sort_bit_for_bit) {
   int64_t cases = 0, differing = 0, ties = 0;
