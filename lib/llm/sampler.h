@@ -7,11 +7,12 @@
 // means greedy instead of an error. A fixed seed gives a fixed sequence.
 //
 // Work stays on the logits' device and touches only the top candidates: top-k is one
-// at::topk, top-p sorts the (few) survivors, never the whole vocabulary, and only the chosen
-// id crosses to the host. On CUDA the draw is the Gumbel-max trick over the candidates with a
-// CUDA generator. On CPU it consumes the generator exactly as at::multinomial over the whole
-// vocabulary did (one Exp(1) per row, argmax of p / q; the engine runs inline and only the
-// candidates' draws are turned into Exp(1) values), so a seed gives the same ids as the
+// at::topk (on CPU one pass with a heap), top-p sorts the (few) survivors, never the whole
+// vocabulary, and only the chosen id crosses to the host. On CUDA the draw is the Gumbel-max
+// trick over the candidates with a CUDA generator. On CPU it consumes the generator exactly as
+// at::multinomial over the whole vocabulary did (one Exp(1) per row, argmax of p / q; the
+// engine's words come in blocks from mt19937_fill and only the candidates' draws are turned
+// into Exp(1) values), so a seed gives the same ids as the
 // earlier full-sort sampler (test_llm_sampler checks it), with two notes: where logits tie
 // exactly at the top-p cut, the tied tokens are cut in id order (the full sort's unstable
 // order chose arbitrarily); and top-p without top-k (top_k <= 0) still sorts the vocabulary
