@@ -240,13 +240,13 @@ GLMVOICE_AVX2 void attend_heads(const T* q, const T* K, const T* V, T* ctx, int6
     const float* qf = as_f32(q + a * d, n * d, qbuf);
     for (int64_t t0 = 0; t0 < S; t0 += block) {
       const int64_t t1 = std::min(S, t0 + block);
-      const float* kf = as_f32(Kg + t0 * d, (t1 - t0) * d, kvbuf) - t0 * d;  // indexed by t
+      const float* kf = as_f32(Kg + t0 * d, (t1 - t0) * d, kvbuf);  // keys t0 .. t1 - 1
       for (int64_t j = 0; j < n; ++j) {
         const float* qh = qf + j * d;
         float* sc = scores + j * S;
         int64_t t = t0;
-        for (; t + kKeysPerPass <= t1; t += kKeysPerPass) four_key_scores(qh, kf + t * d, d, scale, sc + t);
-        for (; t < t1; ++t) sc[t] = key_score(qh, kf + t * d, d, scale);
+        for (; t + kKeysPerPass <= t1; t += kKeysPerPass) four_key_scores(qh, kf + (t - t0) * d, d, scale, sc + t);
+        for (; t < t1; ++t) sc[t] = key_score(qh, kf + (t - t0) * d, d, scale);
       }
     }
     for (int64_t j = 0; j < n; ++j) {
