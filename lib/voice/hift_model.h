@@ -27,6 +27,10 @@ struct HiftOutput {
   at::Tensor source;  // [1, 1, 256 N] f32 CPU (after the cache splice)
 };
 
+// Snake (activation.py): x + inv * sin(x * alpha)^2 with inv = 1 / (alpha + 1e-9); x [1, C, T],
+// alpha and inv [1, C, 1]. Bit-identical to those tensor ops; f32 CPU in one pass after sin.
+at::Tensor hift_snake(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& inv);
+
 class HiftModel {
  public:
   // `weights` is hift.pt with weight norm already folded (io::fold_weight_norm).

@@ -294,3 +294,21 @@ TEST(VoiceDecoder, test_parse_block_sizes) {
 }
 
 }  // namespace
+
+// The one-pass Snake against upstream's expression as tensor ops: bit for bit, over values
+// where sin's argument is small, large (range reduction) and exactly zero, with odd lengths.
+TEST(VoiceDecoder, test_snake_one_pass_is_bit_identical) {
+  c10::InferenceMode guard;
+  at::manual_seed(11);
+  for (int64_t T : {1, 7, 8, 1000, 4097}) {
+    const int64_t C = 5;
+    at::Tensor x = at::randn({1, C, T}) * 3;
+    x.select(1, 1).mul_(400);  // large arguments
+    x.select(1, 2).zero_();
+    const at::Tensor alpha = (at::rand({C}) * 2 + 0.05).unsqueeze(0).unsqueeze(-1);
+    const at::Tensor inv = at::reciprocal(alpha + 1e-9);
+    const at::Tensor want = x + inv * at::pow(at::sin(x * alpha), 2);
+    const at::Tensor got = glmvoice::voice::hift_snake(x, alpha, inv);
+    EXPECT_TRUE(at::equal(want, got)) << "T " << T << ": max abs diff " << (want - got).abs().max().item<double>();
+  }
+}
