@@ -120,28 +120,28 @@ void rotary_rows(T* mixed, int64_t N, int64_t row_stride, int64_t heads, int64_t
   }
 }
 
-// Scores of one query head against consecutive keys: scale * (q . k_t). Each dot sums its 8
-// lanes over k in increasing order, then hsum, then the scalar tail. Four keys at a time give
-// the FMAs independent chains (named accumulators: an array of them is kept on the stack at -O2).
+// Scores of one query head against consecutive keys (both widened to f32 already): scale *
+// (q . k_t). Each dot sums its 8 lanes over k in increasing order, then hsum, then the scalar
+// tail. Four keys at a time give the FMAs independent chains (named accumulators: an array of
+// them is kept on the stack at -O2).
 constexpr int64_t kKeysPerPass = 4;
 
-template <class T>
-GLMVOICE_AVX2 inline float finish_score(__m256 acc, const T* qh, const T* key, int64_t k, int64_t d, float scale) {
+GLMVOICE_AVX2 inline float finish_score(__m256 acc, const float* qh, const float* key, int64_t k, int64_t d,
+                                        float scale) {
   float dot = hsum(acc);
-  for (; k < d; ++k) dot += load_value(qh, k) * load_value(key, k);
+  for (; k < d; ++k) dot += qh[k] * key[k];
   return dot * scale;
 }
 
-template <class T>
-GLMVOICE_AVX2 inline void four_key_scores(const T* qh, const T* keys, int64_t d, float scale, float* out) {
+GLMVOICE_AVX2 inline void four_key_scores(const float* qh, const float* keys, int64_t d, float scale, float* out) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= d; k += 8) {
-    const __m256 qv = load8(qh + k);
-    a0 = _mm256_fmadd_ps(qv, load8(keys + k), a0);
-    a1 = _mm256_fmadd_ps(qv, load8(keys + d + k), a1);
-    a2 = _mm256_fmadd_ps(qv, load8(keys + 2 * d + k), a2);
-    a3 = _mm256_fmadd_ps(qv, load8(keys + 3 * d + k), a3);
+    const __m256 qv = _mm256_loadu_ps(qh + k);
+    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + k), a0);
+    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + d + k), a1);
+    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + 2 * d + k), a2);
+    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + 3 * d + k), a3);
   }
   out[0] = finish_score(a0, qh, keys, k, d, scale);
   out[1] = finish_score(a1, qh, keys + d, k, d, scale);
@@ -149,11 +149,10 @@ GLMVOICE_AVX2 inline void four_key_scores(const T* qh, const T* keys, int64_t d,
   out[3] = finish_score(a3, qh, keys + 3 * d, k, d, scale);
 }
 
-template <class T>
-GLMVOICE_AVX2 inline float key_score(const T* qh, const T* key, int64_t d, float scale) {
+GLMVOICE_AVX2 inline float key_score(const float* qh, const float* key, int64_t d, float scale) {
   __m256 acc = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + 8 <= d; k += 8) acc = _mm256_fmadd_ps(load8(qh + k), load8(key + k), acc);
+  for (; k + 8 <= d; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + k), _mm256_loadu_ps(key + k), acc);
   return finish_score(acc, qh, key, k, d, scale);
 }
 
@@ -171,10 +170,10 @@ GLMVOICE_AVX2 inline float max_score(const float* sc, int64_t S) {
   return mx;
 }
 
-// num[0, d) += sum over t of p[t] * V[t], t increasing for every element (num holds the sum of
-// the keys before; 0 to start), 64 columns at a time in registers, the rest in memory.
-template <class T>
-GLMVOICE_AVX2 void add_weighted_values(const float* p, const T* V, int64_t n, int64_t d, float* num) {
+// num[0, d) += sum over t of p[t] * V[t] (V widened to f32 already), t increasing for every
+// element (num holds the sum of the keys before; 0 to start), 64 columns at a time in
+// registers, the rest in memory.
+GLMVOICE_AVX2 void add_weighted_values(const float* p, const float* V, int64_t n, int64_t d, float* num) {
   int64_t c = 0;
   for (; c + 64 <= d; c += 64) {
     __m256 acc[8];
@@ -182,19 +181,19 @@ GLMVOICE_AVX2 void add_weighted_values(const float* p, const T* V, int64_t n, in
     for (int v = 0; v < 8; ++v) acc[v] = _mm256_loadu_ps(num + c + 8 * v);
     for (int64_t t = 0; t < n; ++t) {
       const __m256 pt = _mm256_set1_ps(p[t]);
-      const T* vt = V + t * d + c;
+      const float* vt = V + t * d + c;
 #pragma GCC unroll 8
-      for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pt, load8(vt + 8 * v), acc[v]);
+      for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * v), acc[v]);
     }
 #pragma GCC unroll 8
     for (int v = 0; v < 8; ++v) _mm256_storeu_ps(num + c + 8 * v, acc[v]);
   }
   for (int64_t t = 0; t < n && c < d; ++t) {
     const __m256 pt = _mm256_set1_ps(p[t]);
-    const T* vt = V + t * d;
+    const float* vt = V + t * d;
     int64_t k = c;
-    for (; k + 8 <= d; k += 8) _mm256_storeu_ps(num + k, _mm256_fmadd_ps(pt, load8(vt + k), _mm256_loadu_ps(num + k)));
-    for (; k < d; ++k) num[k] += p[t] * load_value(vt, k);
+    for (; k + 8 <= d; k += 8) _mm256_storeu_ps(num + k, _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + k), _mm256_loadu_ps(num + k)));
+    for (; k < d; ++k) num[k] += p[t] * vt[k];
   }
 }
 

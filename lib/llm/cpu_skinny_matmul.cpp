@@ -310,7 +310,7 @@ GLMVOICE_AVX2 void int4_tile(const Int4Rows& w, int64_t n0, const Int4Activation
 // (vpmovsxbd, vcvtdq2ps, FMA per 8 weights) reached ~10.5 G weights/s per thread hot in L2
 // against ~22 for this (a throwaway driver, [512, 1024], 1 thread): below the memory's pace
 // with 2 threads, so int8 decode was bound by arithmetic.
-constexpr int64_t kInt8XGroup = 128;
+constexpr int64_t kInt8XGroup = kSkinnyInt8XGroup;
 
 struct Int8Activations {
   const int16_t* xq = nullptr;  // [M, ld]: x / xscale rounded, natural column order, zeros past K

@@ -53,7 +53,8 @@ SkinnyInt4 skinny_pack_int4(const at::Tensor& q, const at::Tensor& scale, const 
 // Dense: w [N, K] in x's dtype (fp32 or bf16).
 at::Tensor skinny_linear_dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 // int8: q [N, K] int8, scale [N] (w = q * scale); the kernel multiplies x rounded to int16
-// per group of 128 columns (see cpu_skinny_matmul.cpp).
+// per group of kSkinnyInt8XGroup columns (see cpu_skinny_matmul.cpp).
+constexpr int64_t kSkinnyInt8XGroup = 128;
 at::Tensor skinny_linear_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& bias);
 at::Tensor skinny_linear_int4(const at::Tensor& x, const SkinnyInt4& w, const at::Tensor& bias);
 

@@ -10,6 +10,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -152,7 +153,7 @@ int64_t multinomial_one(const at::Tensor& p, const at::Tensor& ids, at::Generato
       zero_at = i;
     }
   };
-  std::vector<uint32_t> words(2 * kRowsPerBlock);
+  std::array<uint32_t, 2 * kRowsPerBlock> words;  // on the stack: no allocation per token
   for (int64_t r0 = 0; r0 < V; r0 += kRowsPerBlock) {
     const int64_t rows = std::min(kRowsPerBlock, V - r0);
     mt19937_fill(engine, words.data(), 2 * rows);

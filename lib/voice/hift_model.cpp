@@ -69,7 +69,8 @@ void snake_finish_row(const float* x, float* s, float inv, int64_t T) {
 // Snake(alpha) (activation.py): x + (1 / (alpha + 1e-9)) * sin(x * alpha)^2. For an f32 CPU
 // [1, C, T] x, sin runs in place on x * alpha (libtorch's kernel) and the rest in one loop: the
 // tensor ops made four [C, T] intermediates and read them back (~1/5 of a HiFT call). The same
-// f32 operations in the same order: bit-identical (test_voice_hift checks it).
+// f32 operations in the same order: bit-identical (test_voice_decoder's
+// test_snake_one_pass_is_bit_identical checks it).
 at::Tensor hift_snake(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& inv) {
   if (!(x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) == 1 && x.is_contiguous() &&
         inv.scalar_type() == at::kFloat && inv.numel() == x.size(1) && inv.is_contiguous())) {
@@ -86,12 +87,6 @@ at::Tensor hift_snake(const at::Tensor& x, const at::Tensor& alpha, const at::Te
   });
   return s;
 }
-
-namespace {
-
-at::Tensor snake(const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& inv) { return hift_snake(x, alpha, inv); }
-
-}  // namespace
 
 HiftModel::HiftModel(const HiftConfig& config, const io::StateDict& dict, c10::Device device)
     : config_(config), device_(device) {
@@ -156,9 +151,9 @@ HiftModel::HiftModel(const HiftConfig& config, const io::StateDict& dict, c10::D
 
 at::Tensor HiftModel::resblock(const ResBlock& r, at::Tensor x) const {
   for (size_t j = 0; j < r.convs1.size(); ++j) {
-    at::Tensor t = snake(x, r.alpha1[j], r.inv1[j]);
+    at::Tensor t = hift_snake(x, r.alpha1[j], r.inv1[j]);
     t = conv(t, r.convs1[j]);
-    t = snake(t, r.alpha2[j], r.inv2[j]);
+    t = hift_snake(t, r.alpha2[j], r.inv2[j]);
     t = conv(t, r.convs2[j]);
     x = t.add_(x);  // t + x, into t's buffer (the sum is the same either way round)
   }

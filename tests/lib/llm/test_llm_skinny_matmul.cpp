@@ -130,9 +130,9 @@ TEST(SkinnyMatmul, matches_float64_reference_for_every_format_and_row_count) {
         if (y.scalar_type() == at::kBFloat16) bound = bound + bf16_ulp(ref);
         if (c.format == Format::kInt4 || c.format == Format::kInt8) {
           // int4 and int8 multiply x as int16 (x / s_g rounded, s_g = max |x over group g| /
-          // 32767; int8's groups are 128 columns, the last one shorter): each x moves by at
-          // most s_g / 2.
-          const int64_t group = c.format == Format::kInt4 ? c.group : 128;
+          // 32767; int8's groups are kSkinnyInt8XGroup columns, the last one shorter): each x
+          // moves by at most s_g / 2.
+          const int64_t group = c.format == Format::kInt4 ? c.group : kSkinnyInt8XGroup;
           const int64_t groups = (c.k + group - 1) / group;
           const at::Tensor pad = at::zeros({M, groups * group - c.k}, xd.options());
           const at::Tensor wpad = at::zeros({c.n, groups * group - c.k}, xd.options());
@@ -167,7 +167,7 @@ TEST(SkinnyMatmul, int4_and_int8_round_x_to_int16_per_group) {
   uint64_t seed = 700;
   for (const Case& c : kCases) {
     if (c.format != Format::kInt4 && c.format != Format::kInt8) continue;
-    const int64_t group = c.format == Format::kInt4 ? c.group : 128;
+    const int64_t group = c.format == Format::kInt4 ? c.group : kSkinnyInt8XGroup;
     const TestWeight w = make_weight(c.format, c.n, c.k, c.group, seed++);
     for (int64_t M : {1, 5}) {
       auto gen = at::detail::createCPUGenerator(seed++);
